@@ -1,0 +1,1 @@
+"""Fine-Tune Lab's logic: everything but the pages. Never imports streamlit."""

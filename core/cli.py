@@ -1,0 +1,166 @@
+"""The headless CLI: the same config and engine as the app.
+
+    python -m core inspect DATA [--json]
+    python -m core train DATA --out RUN_DIR [--config run.json] [--backbone NAME] [--epochs N] ...
+
+Exit codes: 0 done, 2 the data or config cannot be used (one line on stderr says why), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .callbacks import Callback, State
+from .config import ConfigError, RunConfig, workspace_root
+from .images import ImageError
+from .sources import DataError
+from .validation import load_dataset
+from .weights import WeightsError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (DataError, ConfigError, WeightsError, ImageError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m core", description="Fine-Tune Lab, headless.")
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    i = sub.add_parser("inspect", help="validate a dataset and print the report")
+    i.add_argument("data", help="folder (class subfolders, or train/ val/ test/) or zip")
+    i.add_argument("--json", action="store_true", help="print the report as JSON")
+    _split_args(i)
+    i.set_defaults(run=cmd_inspect)
+
+    t = sub.add_parser("train", help="fine-tune a backbone and write a run folder")
+    t.add_argument("data", help="folder (class subfolders, or train/ val/ test/) or zip")
+    t.add_argument("--out", required=True, type=Path, help="run folder to write")
+    t.add_argument("--config", type=Path, help="a run config JSON (a run's config.json works)")
+    t.add_argument("--backbone")
+    t.add_argument("--weights", help="pretrained | random | path to a weights file")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--image-size", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _split_args(t)
+    t.set_defaults(run=cmd_train)
+    return p
+
+
+def _split_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--val-ratio", type=float, help="validation share when the data is not pre-split")
+    p.add_argument("--test-ratio", type=float)
+    p.add_argument("--split-seed", type=int)
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    config = RunConfig.from_json(args.config.read_text()) if getattr(args, "config", None) else RunConfig()
+    config.data.source = str(Path(args.data).expanduser().resolve())
+    overrides = {
+        ("data", "val_ratio"): args.val_ratio, ("data", "test_ratio"): args.test_ratio,
+        ("data", "split_seed"): args.split_seed,
+    }
+    if hasattr(args, "out"):
+        overrides |= {
+            ("model", "backbone"): args.backbone, ("model", "weights"): args.weights,
+            ("optim", "epochs"): args.epochs, ("optim", "batch_size"): args.batch_size, ("optim", "lr"): args.lr,
+            ("augment", "image_size"): args.image_size, (None, "seed"): args.seed, (None, "threads"): args.threads,
+        }
+    for (section, key), value in overrides.items():
+        if value is not None:
+            setattr(getattr(config, section) if section else config, key, value)
+    return config
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    config = _config(args)
+    dataset = load_dataset(config.data.source, workspace_root(), config.data, progress=_Bar("checking").update)
+    report = dataset.report
+    print(report.to_json() if args.json else report.text())
+    if not report.trainable:
+        print(f"error: {report.errors[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine import fit  # torch and the models load only when training
+
+    config = _config(args)
+    dataset = load_dataset(config.data.source, workspace_root(), config.data, progress=_Bar("checking").update)
+    if not dataset.report.trainable:
+        print(f"error: {dataset.report.errors[0]}", file=sys.stderr)
+        return 2
+    for warning in dataset.report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    stop = threading.Event()
+    try:
+        result = fit(config, args.out, [] if args.quiet else [TerminalProgress()], stop, dataset=dataset)
+    except KeyboardInterrupt:
+        stop.set()
+        raise
+    best = result.best
+    print(f"\n{result.status}: best epoch {result.best_epoch} of {len(result.history)}")
+    for key in ("val_acc", "val_balanced_acc", "val_macro_f1", "val_loss", "train_acc", "train_loss"):
+        if best.get(key) is not None:
+            print(f"  {key:<17} {best[key]:.4f}")
+    source = result.weights.source
+    print(f"  weights           {source}{' (random initialisation: not pretrained)' if source == 'random' else ''}")
+    print(f"  seconds           {sum(r['seconds'] for r in result.history):.1f}")
+    print(f"  run folder        {result.run_dir}")
+    return 0
+
+
+class _Bar:
+    """A one-line progress bar on stderr, redrawn in place."""
+
+    def __init__(self, label: str, width: int = 28):
+        self.label, self.width, self.started = label, width, time.perf_counter()
+
+    def update(self, done: int, total: int, suffix: str = "") -> None:
+        if not sys.stderr.isatty() and done not in (total,):
+            return
+        frac = done / max(total, 1)
+        filled = int(self.width * frac)
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / frac - elapsed if frac > 0 else 0
+        bar = "#" * filled + "." * (self.width - filled)
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\r{self.label} [{bar}] {done}/{total} eta {eta:4.0f}s {suffix}{end}")
+        sys.stderr.flush()
+
+
+class TerminalProgress(Callback):
+    def on_fit_start(self, state: State, info: dict[str, Any]) -> None:
+        print(f"training on {info['train_images']} images, validating on {info['val_images']}; "
+              f"weights: {info['weights']['source']}", file=sys.stderr)
+
+    def on_epoch_start(self, state: State) -> None:
+        self.bar = _Bar(f"epoch {state.epoch}/{state.epochs}")
+
+    def on_batch_end(self, state: State) -> None:
+        self.bar.update(state.batch, state.batches, f"loss {state.batch_loss:.3f}")
+
+    def on_epoch_end(self, state: State, row: dict[str, Any], confusion) -> None:
+        val = f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}" if "val_loss" in row else ""
+        print(f"  train_loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}{val}  "
+              f"({row['seconds']:.1f}s)", file=sys.stderr)
+
+    def on_message(self, text: str, level: str = "info") -> None:
+        print(f"{level}: {text}", file=sys.stderr)

@@ -1,0 +1,36 @@
+"""Classification metrics from a confusion matrix (rows = true class, columns = predicted)."""
+from __future__ import annotations
+
+import torch
+
+
+def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    idx = targets.long() * num_classes + preds.long()
+    return torch.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def per_class(cm: torch.Tensor) -> dict[str, list[float]]:
+    """Precision, recall, F1 and support per class; 0 where a ratio is undefined (nothing predicted)."""
+    cm = cm.double()
+    tp = cm.diag()
+    predicted, actual = cm.sum(0), cm.sum(1)
+    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
+    recall = torch.where(actual > 0, tp / actual.clamp(min=1), torch.zeros_like(tp))
+    denom = precision + recall
+    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-12), torch.zeros_like(tp))
+    return {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
+            "support": actual.long().tolist()}
+
+
+def summary(cm: torch.Tensor) -> dict[str, float]:
+    """Accuracy, balanced accuracy (mean recall over present classes) and macro F1."""
+    total = int(cm.sum())
+    if total == 0:
+        return {"acc": float("nan"), "balanced_acc": float("nan"), "macro_f1": float("nan")}
+    pc = per_class(cm)
+    present = [i for i, s in enumerate(pc["support"]) if s > 0]
+    return {
+        "acc": float(cm.diag().sum()) / total,
+        "balanced_acc": sum(pc["recall"][i] for i in present) / len(present),
+        "macro_f1": sum(pc["f1"][i] for i in present) / len(present),
+    }

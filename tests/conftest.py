@@ -1,0 +1,60 @@
+"""Shared fixtures: small generated image datasets on disk and an isolated workspace."""
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+HYMENOPTERA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
+
+# Colours far apart, so a few epochs on tiny images learn them: a real signal, not a coin flip.
+COLOURS = [(220, 40, 40), (40, 60, 220), (40, 200, 60), (230, 210, 40), (150, 40, 200)]
+
+
+def image_bytes(colour=(128, 128, 128), size=(32, 32), fmt="PNG", seed=0, mode="RGB") -> bytes:
+    """A noisy image of one dominant colour, encoded in `fmt`."""
+    rng = np.random.default_rng(seed)
+    base = np.array(colour, dtype=np.float64)
+    pixels = np.clip(base + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    img = Image.fromarray(pixels, "RGB")
+    if mode != "RGB":
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def make_dataset(root: Path, counts: dict[str, int], size=(32, 32), fmt="PNG") -> Path:
+    """ImageFolder layout: root/<class>/<i>.png, one colour per class."""
+    for c, (name, n) in enumerate(counts.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            (folder / f"{i}.{fmt.lower()}").write_bytes(
+                image_bytes(COLOURS[c % len(COLOURS)], size, fmt, seed=c * 1000 + i))
+    return root
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch) -> Path:
+    ws = tmp_path / "workspace"
+    monkeypatch.setenv("FTLAB_HOME", str(ws))
+    return ws
+
+
+@pytest.fixture
+def two_class_folder(tmp_path) -> Path:
+    return make_dataset(tmp_path / "data", {"cat": 12, "dog": 12})
+
+
+@pytest.fixture
+def hymenoptera() -> Path:
+    if not HYMENOPTERA.is_dir():
+        pytest.skip("../shared/datasets/hymenoptera is absent")
+    return HYMENOPTERA

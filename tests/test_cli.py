@@ -1,0 +1,94 @@
+"""The headless CLI, run as a user runs it: `python -m core ...` in a subprocess."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, make_dataset
+
+
+def cli(*args, home):
+    env = os.environ | {"FTLAB_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_inspect_json_reports_classes_skipped_and_warnings(tmp_path):
+    data = make_dataset(tmp_path / "data", {"cat": 6, "dog": 3})
+    (data / "cat" / "notes.txt").write_text("not an image")
+    out = cli("inspect", data, "--json", home=tmp_path / "ws")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["classes"] == {"cat": 6, "dog": 3}
+    assert report["skipped"] == [{"path": "cat/notes.txt", "reason": report["skipped"][0]["reason"]}]
+    assert "not an image" in report["skipped"][0]["reason"]
+    assert any("'dog' has only 3 images" in w for w in report["warnings"])
+
+
+def test_inspect_human_readable(tmp_path):
+    data = make_dataset(tmp_path / "data", {"cat": 6, "dog": 6})
+    out = cli("inspect", data, home=tmp_path / "ws")
+    assert out.returncode == 0
+    assert "12 usable images in 2 classes" in out.stdout
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda d: make_dataset(d, {"only": 6}), "Only one class"),
+    (lambda d: (d / "cat").mkdir(parents=True), "no files"),
+    (lambda d: None, "does not exist"),
+])
+def test_inspect_untrainable_exits_2_with_one_line(tmp_path, make, reason):
+    data = tmp_path / "data"
+    make(data)
+    out = cli("inspect", data, home=tmp_path / "ws")
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and reason in errors[0]
+    assert "Traceback" not in out.stderr
+
+
+def test_train_writes_run_and_summary(tmp_path):
+    data = make_dataset(tmp_path / "data", {"red": 10, "blue": 10})
+    run = tmp_path / "run"
+    out = cli("train", data, "--out", run, "--backbone", "mobilenet_v3_small", "--weights", "random",
+              "--epochs", "2", "--batch-size", "8", "--image-size", "32", "--lr", "0.002", "--seed", "3",
+              home=tmp_path / "ws")
+    assert out.returncode == 0, out.stderr
+    assert "best epoch" in out.stdout and "random initialisation" in out.stdout
+    assert "epoch 2/2" in out.stderr  # the progress bar
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["backbone"] == "mobilenet_v3_small"
+    assert config["optim"]["lr"] == 0.002 and config["optim"]["epochs"] == 2
+    assert config["seed"] == 3 and config["augment"]["image_size"] == 32
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    # --config repeats a run exactly from its config.json.
+    again = cli("train", data, "--out", tmp_path / "again", "--config", run / "config.json", home=tmp_path / "ws")
+    assert again.returncode == 0, again.stderr
+    first = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    second = [json.loads(l) for l in (tmp_path / "again" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in first] == pytest.approx([r["train_loss"] for r in second], rel=1e-5)
+
+
+def test_bad_config_file_is_one_line(tmp_path):
+    data = make_dataset(tmp_path / "data", {"red": 6, "blue": 6})
+    bad = tmp_path / "run.json"
+    bad.write_text('{"optim": {"learning_rate": 1}}')
+    out = cli("train", data, "--out", tmp_path / "run", "--config", bad, home=tmp_path / "ws")
+    assert out.returncode == 2 and "learning_rate" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_one_epoch_on_hymenoptera(tmp_path, hymenoptera):
+    run = tmp_path / "run"
+    out = cli("train", hymenoptera, "--out", run, "--epochs", "1", "--image-size", "64", "--batch-size", "32",
+              "--backbone", "mobilenet_v3_small", home=tmp_path / "ws")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"):
+        assert isinstance(rows[0][key], float) and abs(rows[0][key]) < 1e6
+    cm = json.loads((run / "confusion_matrix.json").read_text())
+    assert cm["classes"] == ["ants", "bees"] and [sum(r) for r in cm["matrix"]] == [70, 83]
+    assert (run / "model.safetensors").stat().st_size > 1e6
