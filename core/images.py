@@ -7,7 +7,7 @@ terahertz, medical TIFFs) come back as float32 in [0, 1] so their precision surv
 from __future__ import annotations
 
 import io
-import warnings
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +15,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Pillow's own bomb threshold; a 9500x9500 scan still fits.
+# Pillow's own bomb threshold; a 9500x9500 scan still fits. Our check (on the header, before any pixel is
+# decoded) replaces Pillow's global one, so a caller's larger limit is honoured.
 MAX_PIXELS = 89_478_485
+Image.MAX_IMAGE_PIXELS = None
 IMAGE_EXTENSIONS = {
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
     ".jp2", ".j2k", ".ico", ".tga", ".dib", ".pcx", ".sgi", ".im", ".eps", ".dds", ".psd", ".fits", ".qoi",
@@ -44,11 +46,7 @@ def open_image(source: Source, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open lazily and refuse what is not an image or would decompress into too many pixels."""
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(fp)
-    except Image.DecompressionBombError:
-        raise ImageError(_too_large_message(None, max_pixels)) from None
+        img = Image.open(fp)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError("not an image: Pillow cannot read this file as any image format") from exc
     if img.width * img.height > max_pixels:
@@ -93,7 +91,7 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     if img.mode in _HIGH_DEPTH:
         gray = _scale_high_depth(np.asarray(img), img.mode)
         return torch.from_numpy(gray).unsqueeze(0).expand(3, -1, -1).contiguous()
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:  # incl. PNG colour keys
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, _ALPHA_BACKGROUND + (255,))
         img = Image.alpha_composite(background, rgba)
@@ -133,13 +131,11 @@ def _scale_high_depth(array: np.ndarray, mode: str) -> np.ndarray:
 def _draft_size(size: tuple[int, int], min_side: int) -> tuple[int, int]:
     w, h = size
     scale = min_side / min(w, h)
-    return (max(1, int(w * scale)), max(1, int(h * scale)))
+    return (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale)))
 
 
-def _too_large_message(size: tuple[int, int] | None, max_pixels: int) -> str:
+def _too_large_message(size: tuple[int, int], max_pixels: int) -> str:
     limit = f"the {max_pixels / 1e6:.0f} megapixel limit"
-    if size is None:
-        return f"too large: it would decode into more pixels than {limit} (a decompression bomb?); downscale it first"
     w, h = size
     return f"too large: {w}x{h} pixels ({w * h / 1e6:.0f} megapixels) is over {limit}; downscale it first"
 

@@ -7,6 +7,7 @@ User-supplied names are data: each is reduced to safe components; one that tries
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -15,6 +16,7 @@ import shutil
 import unicodedata
 import uuid
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, Iterator, Sequence
@@ -89,7 +91,7 @@ def ingest(source: DataSource, workspace: Path, limits: Limits = Limits()) -> In
         for entry in entries:
             target = staging.joinpath("data", *entry.parts)
             target.parent.mkdir(parents=True, exist_ok=True)
-            with entry.open() as src, open(target, "wb") as dst:
+            with _reading(entry) as src, open(target, "wb") as dst:
                 _copy_bounded(src, dst, limits.max_file_bytes)
         (staging / "data").mkdir(parents=True, exist_ok=True)
         info = Ingested(key, root, hashes, sorted("/".join(d) for d in dirs), refused)
@@ -153,14 +155,14 @@ def _folder_entries(root: Path, limits: Limits):
     root = root.resolve()
     entries, dirs, refused = [], set(), []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        rel = Path(dirpath).relative_to(root).parts
+        real_rel = Path(dirpath).relative_to(root).parts
+        rel = tuple(unicodedata.normalize("NFC", p) for p in real_rel)  # macOS names are NFD
         dirnames[:] = sorted(d for d in dirnames if not is_litter(rel + (d,)))
+        filenames = sorted(f for f in filenames if not is_litter(rel + (f,)))
         if not filenames and not dirnames and rel:
             dirs.add(rel)
-        for name in sorted(filenames):
-            parts = rel + (name,)
-            if is_litter(parts):
-                continue
+        for name in filenames:
+            parts = rel + (unicodedata.normalize("NFC", name),)
             path = Path(dirpath, name)
             real = path.resolve()
             if not real.is_relative_to(root) or not real.is_file():
@@ -222,7 +224,7 @@ def _strip_enclosing_folder(entries: list[_Entry], dirs: set[tuple[str, ...]]):
 def _hash(entry: _Entry, limits: Limits, total_so_far: int) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
-    with entry.open() as stream:
+    with _reading(entry) as stream:
         while chunk := stream.read(_CHUNK):
             size += len(chunk)
             if size > limits.max_file_bytes:
@@ -236,6 +238,17 @@ def _hash(entry: _Entry, limits: Limits, total_so_far: int) -> tuple[str, int]:
                 )
             digest.update(chunk)
     return digest.hexdigest(), size
+
+
+@contextlib.contextmanager
+def _reading(entry: _Entry) -> Iterator[BinaryIO]:
+    """A damaged zip member fails while it is read: say which one, as data, not as a crash."""
+    try:
+        with entry.open() as stream:
+            yield stream
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise DataError(f"{'/'.join(entry.parts)} could not be read ({exc}); the archive or file is damaged. "
+                        "Create it again.") from None
 
 
 def _copy_bounded(src: BinaryIO, dst: BinaryIO, max_bytes: int) -> None:
@@ -267,4 +280,7 @@ def _read_manifest(root: Path, refused: list[Refused], reused: bool) -> Ingested
 
 
 def _gb(n: int) -> str:
-    return f"{n / 1024**3:.1f} GB" if n >= 1024**3 else f"{n / 1024**2:.0f} MB"
+    for unit, size in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"

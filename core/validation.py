@@ -119,9 +119,13 @@ def validate(ingested: Ingested, data: DataConfig = DataConfig(), progress: Prog
     candidates: list[tuple[str, str, str]] = []  # (path, class, split)
     for path in sorted(ingested.files):
         parts = path.split("/")
-        split, parts = (SPLIT_ALIASES[parts[0].lower()], parts[1:]) if layout == "pre-split" else ("", parts)
+        split = ""
+        if layout == "pre-split":
+            split, parts = SPLIT_ALIASES.get(parts[0].lower(), ""), parts[1:]
         info = infos[path]
-        if "error" in info:
+        if layout == "pre-split" and not split:
+            skipped.append(Skipped(path, "not inside train/, val/ or test/"))
+        elif "error" in info:
             skipped.append(Skipped(path, _reason(path, info["error"])))
         elif len(parts) < 2:
             skipped.append(Skipped(path, "not inside a class folder; put each image in its class's subfolder"))
@@ -142,7 +146,8 @@ def validate(ingested: Ingested, data: DataConfig = DataConfig(), progress: Prog
     samples = [Sample(p, index[c], s) for (p, c, _), s in zip(candidates, splits)]
     split_counts = {s: dict(Counter(class_names[x.label] for x in samples if x.split == s))
                     for s in ("train", "val", "test") if any(x.split == s for x in samples)}
-    _check_classes(classes, split_counts, layout, warnings, errors)
+    wants_val = layout == "pre-split" or data.val_ratio > 0
+    _check_classes(classes, split_counts, wants_val, warnings, errors)
 
     used = [infos[p] for p, _, _ in candidates]
     report = Report(layout, classes, split_counts, _sizes(used), _count(used, "mode"), _count(used, "format"),
@@ -242,7 +247,7 @@ def _assign_splits(candidates, layout, data: DataConfig, warnings) -> list[str]:
                             data.val_ratio, data.test_ratio, data.split_seed)
 
 
-def _check_classes(classes, splits, layout, warnings, errors) -> None:
+def _check_classes(classes, splits, wants_val, warnings, errors) -> None:
     if not classes:
         errors.append("No usable images were found. Put images in one subfolder per class "
                       "(for example cats/1.jpg and dogs/2.jpg).")
@@ -264,7 +269,7 @@ def _check_classes(classes, splits, layout, warnings, errors) -> None:
                         f"(1:{n_big / n_small:.0f}). Consider class weighting or more images of the small classes.")
     val = splits.get("val", {})
     short = [n for n in classes if val.get(n, 0) == 0 and train.get(n, 0) > 0]
-    if short and len(classes) > 1:
+    if short and wants_val and len(classes) > 1:
         names = ", ".join(f"'{n}'" for n in short)
         warnings.append(f"Too few images for the requested split: {names} has no validation images, "
                         "so its accuracy cannot be measured. Add images or raise the validation share.")
