@@ -282,5 +282,5 @@ def _read_manifest(root: Path, refused: list[Refused], reused: bool) -> Ingested
 def _gb(n: int) -> str:
     for unit, size in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
         if n >= size:
-            return f"{n / size:.1f} {unit}"
+            return f"{round(n / size, 1):g} {unit}"
     return f"{n} bytes"
