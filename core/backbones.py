@@ -1,7 +1,8 @@
-"""Backbone registry: name -> architecture builder, layer groups, head, input size, normalisation.
+"""Backbone registry: name -> architecture, layer groups, head, input size, normalisation, metadata.
 
-Like timm's `register_model`: each entry is a small function, and everything else (freezing, layer-wise
-rates, Grad-CAM, exports) works from what the entry declares rather than from per-model special cases.
+Like timm's `register_model`: each entry is data, and everything else (freezing, layer-wise rates,
+Grad-CAM, exports) works from what the entry declares rather than from per-model special cases.
+Layer groups are parameter-name prefixes from input to output; the last group is the head.
 """
 from __future__ import annotations
 
@@ -16,19 +17,26 @@ from torchvision.models import WeightsEnum
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-Groups = Callable[[nn.Module], list[tuple[str, list[nn.Module]]]]
+Group = tuple[str, tuple[str, ...]]  # (human name, parameter-name prefixes)
 
 
 @dataclass(frozen=True)
 class Backbone:
     name: str
     build: Callable[[], nn.Module]  # the architecture, randomly initialised, with its original head
-    groups: Groups  # input to output; the last group is the head
+    groups: tuple[Group, ...]  # input to output; the last group is the head
     head: str  # dotted path of the final Linear, replaced by one sized to the dataset
     input_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     tv_weights: WeightsEnum | None = None  # torchvision's weights and their metadata
+    fixed_size: bool = False  # the architecture accepts only input_size (ViT)
+
+    def metadata(self) -> dict[str, float | None]:
+        """What torchvision's weights metadata says: ImageNet top-1, GFLOPS, file size in MB."""
+        meta = self.tv_weights.meta if self.tv_weights else {}
+        return {"imagenet_top1": meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1"),
+                "gflops": meta.get("_ops"), "file_mb": meta.get("_file_size"), "params": meta.get("num_params")}
 
 
 REGISTRY: dict[str, Backbone] = {}
@@ -65,18 +73,65 @@ def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, module)
 
 
-def _resnet_groups(m: nn.Module) -> list[tuple[str, list[nn.Module]]]:
-    return [("stem", [m.conv1, m.bn1]), ("stage 1", [m.layer1]), ("stage 2", [m.layer2]),
-            ("stage 3", [m.layer3]), ("stage 4", [m.layer4]), ("head", [m.fc])]
+def in_group(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def _mobilenet_v3_small_groups(m: nn.Module) -> list[tuple[str, list[nn.Module]]]:
-    f = m.features  # stages end where the resolution halves: blocks 1 | 2-3 | 4-8 | 9-11, then the last conv
-    return [("stem", [f[0]]), ("stage 1", [f[1]]), ("stage 2", list(f[2:4])), ("stage 3", list(f[4:9])),
-            ("stage 4", list(f[9:12]) + [f[12]]), ("head", [m.classifier])]
+def group_of(backbone: Backbone, name: str) -> int:
+    """The index of the layer group a parameter or module belongs to."""
+    for i, (_, prefixes) in enumerate(backbone.groups):
+        if in_group(name, prefixes):
+            return i
+    raise KeyError(f"{name} is in no layer group of {backbone.name}")
 
 
-register(Backbone("resnet18", models.resnet18, _resnet_groups, "fc",
-                  tv_weights=models.ResNet18_Weights.IMAGENET1K_V1))
-register(Backbone("mobilenet_v3_small", models.mobilenet_v3_small, _mobilenet_v3_small_groups, "classifier.3",
-                  tv_weights=models.MobileNet_V3_Small_Weights.IMAGENET1K_V1))
+def group_sizes(backbone: Backbone, model: nn.Module) -> list[int]:
+    sizes = [0] * len(backbone.groups)
+    for name, p in model.named_parameters():
+        sizes[group_of(backbone, name)] += p.numel()
+    return sizes
+
+
+def _f(*indices: int | range) -> tuple[str, ...]:
+    """features.i prefixes for the given indices."""
+    out: list[str] = []
+    for i in indices:
+        out += [f"features.{j}" for j in (i if isinstance(i, range) else [i])]
+    return tuple(out)
+
+
+def _tv(name: str, groups, head: str, **kw) -> Backbone:
+    weights = models.get_model_weights(name).DEFAULT
+    size = weights.transforms().crop_size[0]
+    return register(Backbone(name, getattr(models, name), tuple(groups), head, input_size=size,
+                             tv_weights=weights, **kw))
+
+
+RESNET = (("stem", ("conv1", "bn1")), ("stage 1", ("layer1",)), ("stage 2", ("layer2",)),
+          ("stage 3", ("layer3",)), ("stage 4", ("layer4",)), ("head", ("fc",)))
+for _name in ("resnet18", "resnet34", "resnet50"):
+    _tv(_name, RESNET, "fc")
+
+# MobileNets: stages end where the resolution halves.
+_tv("mobilenet_v3_small", [("stem", _f(0)), ("stage 1", _f(1)), ("stage 2", _f(range(2, 4))),
+                           ("stage 3", _f(range(4, 9))), ("stage 4", _f(range(9, 13))), ("head", ("classifier",))],
+    "classifier.3")
+_tv("mobilenet_v3_large", [("stem", _f(0)), ("stage 1", _f(range(1, 4))), ("stage 2", _f(range(4, 7))),
+                           ("stage 3", _f(range(7, 13))), ("stage 4", _f(range(13, 17))), ("head", ("classifier",))],
+    "classifier.3")
+EFFICIENTNET = [("stem", _f(0))] + [(f"stage {i}", _f(i)) for i in range(1, 7)] + [
+    ("stage 7", _f(7, 8)), ("head", ("classifier",))]
+for _name in ("efficientnet_b0", "efficientnet_b2"):
+    _tv(_name, EFFICIENTNET, "classifier.1")
+_tv("convnext_tiny", [("stem", _f(0)), ("stage 1", _f(1)), ("stage 2", _f(2, 3)), ("stage 3", _f(4, 5)),
+                      ("stage 4", _f(6, 7)), ("head", ("classifier",))], "classifier.2")
+_tv("regnet_y_800mf", [("stem", ("stem",))] + [(f"stage {i}", (f"trunk_output.block{i}",)) for i in range(1, 5)]
+    + [("head", ("fc",))], "fc")
+_tv("densenet121", [("stem", ("features.conv0", "features.norm0"))]
+    + [(f"stage {i}", (f"features.denseblock{i}", f"features.transition{i}")) for i in range(1, 4)]
+    + [("stage 4", ("features.denseblock4", "features.norm5")), ("head", ("classifier",))], "classifier")
+_tv("vit_b_16", [("stem", ("conv_proj", "class_token", "encoder.pos_embedding"))]
+    + [(f"blocks {3 * i + 1}-{3 * i + 3}", tuple(f"encoder.layers.encoder_layer_{j}" for j in range(3 * i, 3 * i + 3))
+        + (("encoder.ln",) if i == 3 else ())) for i in range(4)] + [("head", ("heads",))], "heads.head", fixed_size=True)
+_tv("swin_t", [("stem", _f(0)), ("stage 1", _f(1)), ("stage 2", _f(2, 3)), ("stage 3", _f(4, 5)),
+               ("stage 4", _f(6, 7) + ("norm",)), ("head", ("head",))], "head")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .callbacks import Callback, State
-from .config import ConfigError, RunConfig, workspace_root
+from .config import ConfigError, RunConfig, set_setting, settings, workspace_root
 from .images import ImageError
 from .sources import DataError
 from .validation import load_dataset
@@ -45,20 +45,22 @@ def _parser() -> argparse.ArgumentParser:
     _split_args(i)
     i.set_defaults(run=cmd_inspect)
 
-    t = sub.add_parser("train", help="fine-tune a backbone and write a run folder")
-    t.add_argument("data", help="folder (class subfolders, or train/ val/ test/) or zip")
-    t.add_argument("--out", required=True, type=Path, help="run folder to write")
+    t = sub.add_parser("train", help="fine-tune a backbone and write a run folder",
+                       description="Every setting of the run config has a flag; --config gives them all at once.")
+    t.add_argument("data", nargs="?", help="folder (class subfolders, or train/ val/ test/) or zip")
+    t.add_argument("--out", type=Path, help="run folder to write")
     t.add_argument("--config", type=Path, help="a run config JSON (a run's config.json works)")
-    t.add_argument("--backbone")
-    t.add_argument("--weights", help="pretrained | random | path to a weights file")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--image-size", type=int)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    t.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a killed or stopped run")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    _split_args(t)
+    for path, hint, default in settings():
+        if path == ("data", "source"):
+            continue
+        flag = "--" + path[-1].replace("_", "-")
+        if hint is bool:
+            t.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default {default})")
+        else:
+            t.add_argument(flag, type=hint, default=None, metavar=hint.__name__.upper(),
+                           help=f"{'.'.join(path)} (default {default})")
     t.set_defaults(run=cmd_train)
     return p
 
@@ -71,20 +73,12 @@ def _split_args(p: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace) -> RunConfig:
     config = RunConfig.from_json(args.config.read_text()) if getattr(args, "config", None) else RunConfig()
-    config.data.source = str(Path(args.data).expanduser().resolve())
-    overrides = {
-        ("data", "val_ratio"): args.val_ratio, ("data", "test_ratio"): args.test_ratio,
-        ("data", "split_seed"): args.split_seed,
-    }
-    if hasattr(args, "out"):
-        overrides |= {
-            ("model", "backbone"): args.backbone, ("model", "weights"): args.weights,
-            ("optim", "epochs"): args.epochs, ("optim", "batch_size"): args.batch_size, ("optim", "lr"): args.lr,
-            ("augment", "image_size"): args.image_size, (None, "seed"): args.seed, (None, "threads"): args.threads,
-        }
-    for (section, key), value in overrides.items():
-        if value is not None:
-            setattr(getattr(config, section) if section else config, key, value)
+    if args.data:
+        config.data.source = str(Path(args.data).expanduser().resolve())
+    for path, _, _ in settings():
+        value = getattr(args, path[-1], None)
+        if value is not None and path != ("data", "source"):
+            set_setting(config, path, value)
     return config
 
 
@@ -102,7 +96,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine import fit  # torch and the models load only when training
 
+    if args.resume:
+        args.out = args.resume
+        args.config = args.config or args.resume / "config.json"
+        if not (args.resume / "checkpoint.pt").is_file():
+            raise DataError(f"{args.resume} has no checkpoint.pt to resume from (no epoch finished yet?)")
+    if args.out is None:
+        raise DataError("train needs --out RUN_DIR (or --resume RUN_DIR)")
     config = _config(args)
+    if not config.data.source:
+        raise DataError("train needs DATA: a folder or zip of images")
     dataset = load_dataset(config.data.source, workspace_root(), config.data, progress=_Bar("checking").update)
     if not dataset.report.trainable:
         print(f"error: {dataset.report.errors[0]}", file=sys.stderr)
@@ -111,11 +114,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     stop = threading.Event()
     try:
-        result = fit(config, args.out, [] if args.quiet else [TerminalProgress()], stop, dataset=dataset)
+        result = fit(config, args.out, [] if args.quiet else [TerminalProgress()], stop, dataset=dataset,
+                     resume=bool(args.resume))
     except KeyboardInterrupt:
         stop.set()
         raise
     best = result.best
+    if result.message:
+        print(result.message)
     print(f"\n{result.status}: best epoch {result.best_epoch} of {len(result.history)}")
     for key in ("val_acc", "val_balanced_acc", "val_macro_f1", "val_loss", "train_acc", "train_loss"):
         if best.get(key) is not None:
@@ -148,6 +154,10 @@ class _Bar:
 
 class TerminalProgress(Callback):
     def on_fit_start(self, state: State, info: dict[str, Any]) -> None:
+        print("layer group      parameters  trainable  lr", file=sys.stderr)
+        for g in info["groups"]:
+            print(f"  {g['group']:<14} {g['params']:>10,}  {'yes' if g['trainable'] else 'no':>9}  {g['lr']:.2e}",
+                  file=sys.stderr)
         print(f"training on {info['train_images']} images, validating on {info['val_images']}; "
               f"weights: {info['weights']['source']}", file=sys.stderr)
 

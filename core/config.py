@@ -57,18 +57,45 @@ class AugmentConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "resnet18"
-    weights: str = "pretrained"  # pretrained (cache, else random) | random | path to a weights file
+    weights: str = "pretrained"  # pretrained (cache, download, else random) | random | path to a weights file
     dropout: float = 0.0  # before the new head
+    strategy: str = "full"  # full | linear-probe | partial | layerwise | gradual
+    freeze_groups: int = 2  # partial: the first k layer groups stay frozen
+    lr_decay: float = 0.5  # layerwise: a group's rate is the head's times lr_decay ** depth
+    unfreeze_every: int = 1  # gradual: one more group from the top every N epochs
+    train_frozen_bn: bool = False  # batch norm in frozen groups updates its running statistics
 
 
 @dataclass
 class OptimConfig:
     optimizer: str = "adamw"  # sgd | adam | adamw
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    lr: float = 1e-3  # the head's rate
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
+    weight_decay: float = 1e-4  # L2, never on norm layers and biases
     epochs: int = 5
     batch_size: int = 32
+    schedule: str = "cosine"  # constant | step | cosine | onecycle | plateau
+    warmup_epochs: float = 0.0  # cosine: linear warm-up
+    step_size: int = 3  # step: epochs between decays
+    gamma: float = 0.1  # step and plateau: the decay factor
+    clip_grad: float = 0.0  # max gradient norm; 0 = off
+
+
+@dataclass
+class RegularizeConfig:
+    l1: float = 0.0  # L1 penalty on trainable weights
+    label_smoothing: float = 0.0
+    mixup: float = 0.0  # Beta(alpha, alpha); 0 = off
+    cutmix: float = 0.0  # Beta(alpha, alpha); 0 = off
+    class_weighting: str = "none"  # none | loss (weighted cross-entropy) | sampler (balanced batches)
+
+
+@dataclass
+class EarlyStopConfig:
+    monitor: str = "val_acc"  # val_acc | val_balanced_acc | val_macro_f1 | val_loss; also picks the best epoch
+    patience: int = 0  # epochs without improvement before stopping; 0 = never stop early
+    min_delta: float = 0.0
 
 
 @dataclass
@@ -77,6 +104,8 @@ class RunConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    regularize: RegularizeConfig = field(default_factory=RegularizeConfig)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads; 0 = all cores
@@ -97,6 +126,26 @@ class RunConfig:
         data = json.loads(text)
         data.pop("provenance", None)  # a run's config.json also records what was resolved
         return cls.from_dict(data)
+
+
+def settings(cls: type = RunConfig, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], type, Any]]:
+    """Every leaf setting as (path, type, default): one list from which the CLI builds its flags."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            out += settings(hint, prefix + (f.name,))
+        else:
+            out.append((prefix + (f.name,), hint, f.default))
+    return out
+
+
+def set_setting(config: RunConfig, path: tuple[str, ...], value: Any) -> None:
+    target = config
+    for part in path[:-1]:
+        target = getattr(target, part)
+    setattr(target, path[-1], _coerce(typing.get_type_hints(type(target))[path[-1]], value, ".".join(path)))
 
 
 class ConfigError(ValueError):

@@ -3,6 +3,7 @@
 `fit(config, run_dir, callbacks, stop_event)` needs nothing but a config and a run folder, so the CLI, a
 page's background thread and (later) torchrun workers all call the same thing. The engine knows nothing
 of jobs or pages: it reports through callbacks and stops when its event is set or a callback raises.
+Each epoch is seeded from (seed, epoch), so a run resumed from its last checkpoint repeats exactly.
 """
 from __future__ import annotations
 
@@ -17,15 +18,19 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torchvision.transforms import v2
 
-from . import backbones, metrics, runs
+from . import backbones, metrics, runs, strategies
 from .augment import eval_transform, train_transform
 from .callbacks import Callback, Callbacks, State, StopTraining
 from .config import RunConfig, workspace_root
 from .loaders import ImageDataset, make_loader
+from .schedules import make_scheduler
 from .sources import DataError
 from .validation import Dataset, load_dataset
 from .weights import WeightsInfo, resolve
+
+MONITORS = ("val_acc", "val_balanced_acc", "val_macro_f1", "val_loss")
 
 
 class TrainingDiverged(RuntimeError):
@@ -41,30 +46,51 @@ class FitResult:
     history: list[dict[str, Any]]
     weights: WeightsInfo
     model: nn.Module = field(repr=False)  # holds the best weights
+    message: str = ""
 
 
-def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    loader: Sequence, device: torch.device, state: State, callbacks: Callback,
-                    stop_event: threading.Event) -> dict[str, float]:
-    model.train()
+@dataclass
+class Step:
+    """What one optimisation step needs besides the model and the batch."""
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any = None  # stepped per batch when given
+    mix: Any = None  # MixUp/CutMix on a batch
+    l1: float = 0.0
+    clip_grad: float = 0.0
+
+
+def train_one_epoch(model: nn.Module, step: Step, loader: Sequence, device: torch.device, state: State,
+                    callbacks: Callback, stop_event: threading.Event) -> dict[str, float]:
     total_loss, correct, seen = 0.0, 0, 0
     state.phase, state.batches = "train", len(loader)
+    l1_params = [p for p in model.parameters() if p.requires_grad and p.ndim > 1] if step.l1 else []
     for state.batch, (images, targets) in enumerate(loader, 1):
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        hard = targets
+        if step.mix is not None:
+            images, targets = step.mix(images, targets)
+            hard = targets.argmax(1)
         logits = model(images)
-        loss = criterion(logits, targets)
+        loss = step.criterion(logits, targets)
+        if l1_params:
+            loss = loss + step.l1 * sum(p.abs().sum() for p in l1_params)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"The loss became {loss.item()} in epoch {state.epoch}, batch {state.batch}: training diverged. "
                 "Try a lower learning rate (for example a tenth of the current one)."
             )
-        optimizer.zero_grad(set_to_none=True)
+        step.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        n = targets.size(0)
+        if step.clip_grad:
+            nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], step.clip_grad)
+        step.optimizer.step()
+        if step.scheduler is not None:
+            step.scheduler.step()
+        n = hard.size(0)
         state.batch_loss = loss.item()
         total_loss += state.batch_loss * n
-        correct += int((logits.argmax(1) == targets).sum())
+        correct += int((logits.argmax(1) == hard).sum())
         seen += n
         callbacks.on_batch_end(state)
         if stop_event.is_set():
@@ -74,10 +100,12 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
 
 @torch.no_grad()
 def evaluate(model: nn.Module, criterion: nn.Module, loader: Sequence, device: torch.device,
-             num_classes: int) -> tuple[float, torch.Tensor]:
-    """Mean loss and the confusion matrix (rows = true class)."""
+             num_classes: int) -> dict[str, Any]:
+    """Mean loss, the confusion matrix (rows = true class) and top-k accuracy for each k < classes."""
     model.eval()
+    ks = [k for k in (2, 3, 5) if k < num_classes]
     total_loss, seen = 0.0, 0
+    top = dict.fromkeys(ks, 0)
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for images, targets in loader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
@@ -85,12 +113,31 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: Sequence, device: t
         total_loss += criterion(logits, targets).item() * targets.size(0)
         seen += targets.size(0)
         cm += metrics.confusion_matrix(logits.argmax(1).cpu(), targets.cpu(), num_classes)
-    return total_loss / max(seen, 1), cm
+        if ks:
+            ranked = logits.topk(max(ks), dim=1).indices
+            for k in ks:
+                top[k] += int((ranked[:, :k] == targets[:, None]).any(1).sum())
+    return {"loss": total_loss / max(seen, 1), "cm": cm, "top": {k: v / max(seen, 1) for k, v in top.items()}}
+
+
+def epoch_row(epoch: int, train: dict[str, float], val: dict[str, Any] | None) -> dict[str, Any]:
+    """One line of metrics.jsonl."""
+    row: dict[str, Any] = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"]}
+    if val is not None:
+        row["val_loss"] = val["loss"]
+        row |= {f"val_{k}": v for k, v in metrics.summary(val["cm"]).items()}
+        row |= {f"val_top{k}": v for k, v in val["top"].items()}
+        row["val_per_class"] = metrics.per_class(val["cm"])
+    return row
 
 
 def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
-        stop_event: threading.Event | None = None, dataset: Dataset | None = None) -> FitResult:
-    """Train as the config says, writing the run folder as it goes; returns with the best weights loaded."""
+        stop_event: threading.Event | None = None, dataset: Dataset | None = None,
+        resume: bool = False) -> FitResult:
+    """Train as the config says, writing the run folder as it goes; returns with the best weights loaded.
+
+    `resume` continues from run_dir/checkpoint.pt (written after every epoch).
+    """
     cb = Callbacks(list(callbacks))
     stop_event = stop_event or threading.Event()
     run_dir = Path(run_dir)
@@ -98,57 +145,97 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
     _seed_everything(config.seed)
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     device = _device(config.device)
+    check_config(config)
 
     if dataset is None:
         dataset = load_dataset(config.data.source, workspace_root(), config.data)
     if not dataset.report.trainable:
         raise DataError(dataset.report.errors[0])
     backbone = backbones.get(config.model.backbone)
+    num_classes = len(dataset.classes)
     state_dict, weights = resolve(backbone, config.model.weights)
     if not weights.pretrained:
         cb.on_message(weights.note, "warning")
-    model = backbones.build_model(backbone, len(dataset.classes), config.model.dropout, state_dict).to(device)
+    model = backbones.build_model(backbone, num_classes, config.model.dropout, state_dict).to(device)
     loaders = _loaders(config, dataset, backbone, device)
-    optimizer = _optimizer(config, model)
-    criterion = nn.CrossEntropyLoss()
+    optimizer = _optimizer(config, model, backbone)
+    monitor, maximize = _monitor(config, "val" in loaders)
+    scheduler, when = make_scheduler(optimizer, config.optim, len(loaders["train"]), maximize)
+    step = Step(_criterion(config, dataset, device), optimizer, scheduler if when == "batch" else None,
+                _mixer(config, num_classes), config.regularize.l1, config.optim.clip_grad)
+    eval_criterion = nn.CrossEntropyLoss()
 
-    _write_run_header(config, run_dir, dataset, backbone, weights, device)
     state = State(epochs=config.optim.epochs)
-    cb.on_fit_start(state, {"classes": dataset.classes, "weights": weights.to_dict(),
+    bad_epochs, best_state, start = 0, None, 1
+    checkpoint = run_dir / "checkpoint.pt"
+    if resume:
+        ckpt = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start, bad_epochs = ckpt["epoch"] + 1, ckpt["bad_epochs"]
+        state.best_epoch, state.best_score = ckpt["best_epoch"], ckpt["best_score"]
+        state.history = runs.read_jsonl(run_dir / "metrics.jsonl")[: ckpt["epoch"]]
+        runs.rewrite_jsonl(run_dir / "metrics.jsonl", state.history)
+        best_state = ckpt["best_model"]
+        runs.write_status(run_dir, "running")
+        cb.on_message(f"Resumed after epoch {ckpt['epoch']}.")
+    else:
+        _write_run_header(config, run_dir, dataset, backbone, weights, device)
+    groups = strategies.describe(model, backbone, config.model, config.optim.lr, max(start, 1))
+    cb.on_fit_start(state, {"classes": dataset.classes, "weights": weights.to_dict(), "groups": groups,
                             "train_images": len(loaders["train"].dataset),
                             "val_images": len(loaders["val"].dataset) if "val" in loaders else 0})
-    best_state = None
-    status = "finished"
+    status, message = "finished", ""
+    trainable: list[bool] = []
     try:
-        for state.epoch in range(1, config.optim.epochs + 1):
+        for state.epoch in range(start, config.optim.epochs + 1):
+            now = strategies.trainable_groups(config.model, len(backbone.groups), state.epoch)
+            if now != trainable and trainable:
+                names = [backbone.groups[i][0] for i, t in enumerate(now) if t and not trainable[i]]
+                cb.on_message(f"Epoch {state.epoch}: unfroze {', '.join(names)}.")
+            trainable = now
+            strategies.apply_freeze(model, backbone, trainable)
+            strategies.set_train_mode(model, backbone, trainable, config.model.train_frozen_bn)
             cb.on_epoch_start(state)
             started = time.perf_counter()
             loaders["train"].generator.manual_seed(config.seed * 100_003 + state.epoch)
-            torch.manual_seed(config.seed * 100_019 + state.epoch)  # augmentation draws: epoch-reproducible
-            train = train_one_epoch(model, criterion, optimizer, loaders["train"], device, state, cb, stop_event)
-            row: dict[str, Any] = {"epoch": state.epoch, "train_loss": train["loss"], "train_acc": train["acc"]}
-            cm = None
+            torch.manual_seed(config.seed * 100_019 + state.epoch)  # augmentation and dropout: epoch-reproducible
+            lr = optimizer.param_groups[-1]["lr"]  # the head's rate, as the epoch starts
+            train = train_one_epoch(model, step, loaders["train"], device, state, cb, stop_event)
+            val = None
             if "val" in loaders:
                 state.phase = "val"
-                val_loss, cm = evaluate(model, criterion, loaders["val"], device, len(dataset.classes))
-                row |= {"val_loss": val_loss} | {f"val_{k}": v for k, v in metrics.summary(cm).items()}
-            row |= {"lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
+                val = evaluate(model, eval_criterion, loaders["val"], device, num_classes)
+            row = epoch_row(state.epoch, train, val) | {"lr": lr, "seconds": time.perf_counter() - started}
             state.history.append(row)
             runs.append_jsonl(run_dir / "metrics.jsonl", row)
-            score = row.get("val_acc", -row["train_loss"])  # no validation split: the last epoch wins ties
-            if best_state is None or score > state.best_score:
-                state.best_epoch, state.best_score = state.epoch, score
+            score = row[monitor] if maximize else -row[monitor]
+            if best_state is None or score > state.best_score + config.early_stop.min_delta:
+                state.best_epoch, state.best_score, bad_epochs = state.epoch, score, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 runs.save_weights(run_dir / "model.safetensors", best_state)
-                if cm is not None:
+                if val is not None:
                     runs.write_json(run_dir / "confusion_matrix.json",
-                                    {"epoch": state.epoch, "classes": dataset.classes, "matrix": cm.tolist()})
-            cb.on_epoch_end(state, row, cm.tolist() if cm is not None else None)
+                                    {"epoch": state.epoch, "classes": dataset.classes, "matrix": val["cm"].tolist()})
+            else:
+                bad_epochs += 1
+            if when == "epoch":
+                scheduler.step()
+            elif when == "metric":
+                scheduler.step(row[monitor])
+            _save_checkpoint(checkpoint, state, model, optimizer, scheduler, bad_epochs, best_state)
+            cb.on_epoch_end(state, row, val["cm"].tolist() if val is not None else None)
+            if config.early_stop.patience and bad_epochs >= config.early_stop.patience:
+                message = (f"Early stopping: {monitor} did not improve for {bad_epochs} epochs; "
+                           f"the best epoch was {state.best_epoch}.")
+                cb.on_message(message)
+                break
             if stop_event.is_set():
                 raise StopTraining("stopped on request")
     except StopTraining as stop:
-        status = "stopped"
-        cb.on_message(f"Training stopped in epoch {state.epoch}: {stop}. The best weights so far are kept.")
+        status, message = "stopped", f"Training stopped in epoch {state.epoch}: {stop}. The best weights so far are kept."
+        cb.on_message(message)
     except BaseException as exc:
         runs.write_status(run_dir, "failed", str(exc), best_epoch=state.best_epoch)
         cb.on_fit_end(state, "failed")
@@ -156,43 +243,93 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
     if best_state is not None:
         model.load_state_dict(best_state)
     best = state.history[state.best_epoch - 1] if state.best_epoch else {}
-    runs.write_status(run_dir, status, best_epoch=state.best_epoch)
+    runs.write_status(run_dir, status, message, best_epoch=state.best_epoch)
     cb.on_fit_end(state, status)
-    return FitResult(run_dir, status, state.best_epoch, best, state.history, weights, model)
+    return FitResult(run_dir, status, state.best_epoch, best, state.history, weights, model, message)
+
+
+def check_config(config: RunConfig) -> None:
+    """Refuse combinations that would fail later, with the setting to change."""
+    b = backbones.get(config.model.backbone)
+    if b.fixed_size and config.augment.image_size != b.input_size:
+        raise ValueError(f"{b.name} only accepts {b.input_size} px images; set image_size to {b.input_size}.")
+    if config.model.strategy not in strategies.STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(strategies.STRATEGIES)}")
+    if config.early_stop.monitor not in MONITORS:
+        raise ValueError(f"early_stop.monitor must be one of {', '.join(MONITORS)}")
+    if config.regularize.class_weighting not in ("none", "loss", "sampler"):
+        raise ValueError("class_weighting must be none, loss or sampler")
+
+
+def _monitor(config: RunConfig, has_val: bool) -> tuple[str, bool]:
+    """The metric that picks the best epoch and drives early stopping; train loss without validation."""
+    if not has_val:
+        return "train_loss", False
+    return config.early_stop.monitor, config.early_stop.monitor != "val_loss"
 
 
 def _loaders(config: RunConfig, dataset: Dataset, backbone: backbones.Backbone, device: torch.device) -> dict:
     aug = config.augment
-    min_side = aug.image_size
     pin = device.type == "cuda"
-    train_ds = ImageDataset(dataset.data_dir, dataset.split("train"), train_transform(aug, backbone.mean, backbone.std),
-                            min_side)
-    result = {"train": make_loader(train_ds, config.optim.batch_size, True, config.num_workers,
-                                   torch.Generator(), pin)}
+    train_samples = dataset.split("train")
+    sampler = None
+    if config.regularize.class_weighting == "sampler":
+        counts = np.bincount([s.label for s in train_samples], minlength=len(dataset.classes))
+        weights = torch.tensor([1.0 / counts[s.label] for s in train_samples], dtype=torch.double)
+        sampler = torch.utils.data.WeightedRandomSampler(weights, len(train_samples), replacement=True)
+    train_ds = ImageDataset(dataset.data_dir, train_samples, train_transform(aug, backbone.mean, backbone.std),
+                            aug.image_size)
+    generator = torch.Generator()
+    if sampler is not None:
+        sampler.generator = generator
+    result = {"train": make_loader(train_ds, config.optim.batch_size, True, config.num_workers, generator, pin,
+                                   sampler)}
     eval_tf = eval_transform(aug, backbone.mean, backbone.std)
     for split in ("val", "test"):
         samples = dataset.split(split)
         if samples:
-            result[split] = make_loader(ImageDataset(dataset.data_dir, samples, eval_tf, min_side),
+            result[split] = make_loader(ImageDataset(dataset.data_dir, samples, eval_tf, aug.image_size),
                                         config.optim.batch_size, False, config.num_workers, None, pin)
     return result
 
 
-def _optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """Weight decay on weights only: decaying norm layers and biases only hurts."""
+def _optimizer(config: RunConfig, model: nn.Module, backbone: backbones.Backbone) -> torch.optim.Optimizer:
     o = config.optim
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = strategies.param_groups(model, backbone, config.model, o.lr, o.weight_decay)
     if o.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
     if o.optimizer == "adam":
         return torch.optim.Adam(groups, lr=o.lr)
     if o.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=o.lr)
     raise ValueError(f"optimizer must be sgd, adam or adamw, got {o.optimizer!r}")
+
+
+def _criterion(config: RunConfig, dataset: Dataset, device: torch.device) -> nn.Module:
+    weight = None
+    if config.regularize.class_weighting == "loss":
+        counts = torch.bincount(torch.tensor([s.label for s in dataset.split("train")]),
+                                minlength=len(dataset.classes)).double()
+        weight = (counts.sum() / (len(counts) * counts.clamp(min=1))).float().to(device)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.regularize.label_smoothing)
+
+
+def _mixer(config: RunConfig, num_classes: int):
+    r = config.regularize
+    mixers = ([v2.MixUp(alpha=r.mixup, num_classes=num_classes)] if r.mixup else []) + (
+        [v2.CutMix(alpha=r.cutmix, num_classes=num_classes)] if r.cutmix else [])
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+
+def _save_checkpoint(path: Path, state: State, model, optimizer, scheduler, bad_epochs: int, best_state) -> None:
+    """Everything resume needs, written atomically; tensors and plain data only (weights_only loads it)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"epoch": state.epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "bad_epochs": bad_epochs, "best_epoch": state.best_epoch,
+                "best_score": state.best_score, "best_model": best_state}, tmp)
+    os.replace(tmp, path)
 
 
 def _write_run_header(config, run_dir, dataset, backbone, weights, device) -> None:
@@ -203,7 +340,7 @@ def _write_run_header(config, run_dir, dataset, backbone, weights, device) -> No
     runs.write_json(run_dir / "preprocessing.json", {
         "image_size": config.augment.image_size, "resize": config.augment.resize,
         "mean": list(backbone.mean), "std": list(backbone.std), "backbone": backbone.name})
-    for stale in ("metrics.jsonl", "confusion_matrix.json", "model.safetensors"):
+    for stale in ("metrics.jsonl", "confusion_matrix.json", "model.safetensors", "checkpoint.pt"):
         (run_dir / stale).unlink(missing_ok=True)  # a fresh run into a used folder starts clean
     runs.write_status(run_dir, "running")
 

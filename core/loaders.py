@@ -28,11 +28,13 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 def make_loader(dataset: ImageDataset, batch_size: int, train: bool, num_workers: int = 0,
-                generator: torch.Generator | None = None, pin_memory: bool = False) -> DataLoader:
+                generator: torch.Generator | None = None, pin_memory: bool = False,
+                sampler: torch.utils.data.Sampler | None = None) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
+        shuffle=train and sampler is None,
+        sampler=sampler,
         drop_last=train and len(dataset) > batch_size,  # a 1-image last batch breaks BatchNorm
         num_workers=num_workers,
         persistent_workers=num_workers > 0,

@@ -41,6 +41,12 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
         f.flush()
 
 
+def rewrite_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(_finite(r)) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []

@@ -1,0 +1,79 @@
+"""Fine-tuning strategies as freeze plans and per-group learning rates over a backbone's layer groups.
+
+- full: every group trains at the base rate.
+- linear-probe: only the head trains (a frozen feature extractor with a new head).
+- partial: the first `freeze_groups` groups stay frozen.
+- layerwise: all train; a group's rate is the head's times lr_decay ** (its distance from the head).
+- gradual: the head first, then one more group from the top every `unfreeze_every` epochs.
+All parameters sit in the optimizer from the start; a frozen one simply has no gradient, so gradual
+unfreezing needs no new optimizer and resume needs no special case.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .backbones import Backbone, group_of, group_sizes
+from .config import ModelConfig
+
+STRATEGIES = ("full", "linear-probe", "partial", "layerwise", "gradual")
+
+
+def trainable_groups(cfg: ModelConfig, n_groups: int, epoch: int = 1) -> list[bool]:
+    """Which groups train in `epoch` (1-based); the head (last group) always does."""
+    head = n_groups - 1
+    if cfg.strategy in ("full", "layerwise"):
+        first = 0
+    elif cfg.strategy == "linear-probe":
+        first = head
+    elif cfg.strategy == "partial":
+        first = min(max(cfg.freeze_groups, 0), head)
+    elif cfg.strategy == "gradual":
+        unfrozen = 1 + (epoch - 1) // max(cfg.unfreeze_every, 1)
+        first = max(head + 1 - unfrozen, 0)
+    else:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {cfg.strategy!r}")
+    return [i >= first for i in range(n_groups)]
+
+
+def group_lrs(cfg: ModelConfig, base_lr: float, n_groups: int) -> list[float]:
+    if cfg.strategy != "layerwise":
+        return [base_lr] * n_groups
+    return [base_lr * cfg.lr_decay ** (n_groups - 1 - i) for i in range(n_groups)]
+
+
+def apply_freeze(model: nn.Module, backbone: Backbone, trainable: list[bool]) -> None:
+    for name, p in model.named_parameters():
+        p.requires_grad_(trainable[group_of(backbone, name)])
+
+
+def set_train_mode(model: nn.Module, backbone: Backbone, trainable: list[bool], train_frozen_bn: bool) -> None:
+    """model.train(), except batch norm in frozen groups keeps its pretrained running statistics."""
+    model.train()
+    if train_frozen_bn:
+        return
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not trainable[group_of(backbone, name)]:
+            module.eval()
+
+
+def param_groups(model: nn.Module, backbone: Backbone, cfg: ModelConfig, base_lr: float,
+                 weight_decay: float) -> list[dict]:
+    """Optimizer groups per layer group, split so decay never touches norm layers and biases."""
+    lrs = group_lrs(cfg, base_lr, len(backbone.groups))
+    buckets: dict[tuple[int, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        buckets.setdefault((group_of(backbone, name), p.ndim > 1), []).append(p)
+    groups = []
+    for (i, decays), params in sorted(buckets.items()):
+        groups.append({"params": params, "lr": lrs[i], "weight_decay": weight_decay if decays else 0.0,
+                       "name": backbone.groups[i][0], "group": i})
+    return groups
+
+
+def describe(model: nn.Module, backbone: Backbone, cfg: ModelConfig, base_lr: float, epoch: int = 1) -> list[dict]:
+    """Per group: parameters, whether it trains in `epoch`, and its learning rate (0 when frozen)."""
+    trainable = trainable_groups(cfg, len(backbone.groups), epoch)
+    lrs = group_lrs(cfg, base_lr, len(backbone.groups))
+    sizes = group_sizes(backbone, model)
+    return [{"group": g, "params": n, "trainable": t, "trainable_params": n if t else 0, "lr": lr if t else 0.0}
+            for (g, _), n, t, lr in zip(backbone.groups, sizes, trainable, lrs)]
