@@ -56,15 +56,21 @@ def get(name: str) -> Backbone:
 
 def build_model(backbone: Backbone, num_classes: int, dropout: float = 0.0,
                 state: dict[str, torch.Tensor] | None = None) -> nn.Module:
-    """The architecture, its pretrained state when given, and a new head for `num_classes`."""
+    """The architecture with a new head for `num_classes`, then `state` where it fits.
+
+    The body must match the state exactly (weights.match_state checked that); head tensors load only when
+    their shapes fit too, which is how a run's own weights continue training on the same classes.
+    """
     model = backbone.build()
-    if state is not None:
-        model.load_state_dict(state)
     old = model.get_submodule(backbone.head)
     new: nn.Module = nn.Linear(old.in_features, num_classes)
     if dropout > 0:
         new = nn.Sequential(nn.Dropout(dropout), new)
     set_submodule(model, backbone.head, new)
+    if state is not None:
+        own = model.state_dict()
+        fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(fitting, strict=False)
     return model
 
 

@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     _split_args(i)
     i.set_defaults(run=cmd_inspect)
 
+    w = sub.add_parser("import-weights", help="check a weights file against a backbone, optionally install it")
+    w.add_argument("file", type=Path, help=".safetensors or .pth state dict (read with weights_only)")
+    w.add_argument("--backbone", required=True)
+    w.add_argument("--install", action="store_true", help="copy into the library cache: later runs find it")
+    w.set_defaults(run=cmd_import_weights)
+
     t = sub.add_parser("train", help="fine-tune a backbone and write a run folder",
                        description="Every setting of the run config has a flag; --config gives them all at once.")
     t.add_argument("data", nargs="?", help="folder (class subfolders, or train/ val/ test/) or zip")
@@ -90,6 +96,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if not report.trainable:
         print(f"error: {report.errors[0]}", file=sys.stderr)
         return 2
+    return 0
+
+
+def cmd_import_weights(args: argparse.Namespace) -> int:
+    from . import backbones, weights
+
+    backbone = backbones.get(args.backbone)
+    state = weights.match_state(backbone, weights.read_state_file(args.file))
+    print(f"{args.file.name} fits {backbone.name}: {len(state)} tensors, sha256 {weights.sha256_file(args.file)}")
+    if args.install:
+        print(f"installed as {weights.install(backbone, args.file)}")
     return 0
 
 

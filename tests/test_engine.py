@@ -1,5 +1,6 @@
 """Real training on small generated images: the run folder, stopping, divergence, weights sources."""
 import json
+import math
 import threading
 
 import pytest
@@ -126,3 +127,95 @@ def test_a_pickle_with_code_is_refused(tmp_path):
     torch.save({"weight": Evil()}, path)
     with pytest.raises(WeightsError, match="safely"):
         read_state_file(path)
+
+
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(data, workspace, tmp_path):
+    config = small_config(data, epochs=3, schedule="cosine", warmup_epochs=0.5)
+    config.model.dropout = 0.2
+    config.augment.color_jitter = 0.3
+    whole = fit(config, tmp_path / "whole")
+    stop = threading.Event()
+    cut = fit(config, tmp_path / "cut", [StopAfter(stop, epoch=2, batch=2)], stop)
+    assert cut.status == "stopped" and len(cut.history) == 1
+    # killed mid-epoch 2: the resumed run redoes epoch 2 from the epoch-1 checkpoint, through the CLI
+    import subprocess, sys, os
+    from conftest import ROOT
+    out = subprocess.run([sys.executable, "-m", "core", "train", "--resume", str(tmp_path / "cut"), "--quiet"],
+                         cwd=ROOT, env=os.environ | {"FTLAB_HOME": str(workspace)}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    resumed = read_jsonl(tmp_path / "cut" / "metrics.jsonl")
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    for a, b in zip(whole.history, resumed):
+        for key in ("train_loss", "val_loss", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-8), key
+        assert a["val_acc"] == b["val_acc"]
+    final_whole = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    final_cut = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert all(torch.allclose(final_whole[k].float(), final_cut[k].float(), atol=1e-5) for k in final_whole)
+
+
+def test_early_stopping_stops_after_patience(data, workspace, tmp_path):
+    config = small_config(data, epochs=6, optimizer="sgd", lr=0.0)  # nothing can improve
+    config.early_stop.patience = 2
+    result = fit(config, tmp_path / "run")
+    assert len(result.history) == 3 and result.best_epoch == 1
+    assert "Early stopping" in result.message
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["message"] == result.message
+
+
+class Snapshots(Callback):
+    def __init__(self):
+        self.states = {}
+
+    def on_epoch_end(self, state, row, confusion):
+        self.states[state.epoch] = {k: v.clone() for k, v in self.model.state_dict().items()}
+
+
+def test_the_best_epoch_is_restored_at_the_end(data, workspace, tmp_path, monkeypatch):
+    import core.engine as engine
+    snaps = Snapshots()
+    real_build = engine.backbones.build_model
+
+    def spy(*args, **kwargs):
+        snaps.model = real_build(*args, **kwargs)
+        return snaps.model
+    monkeypatch.setattr(engine.backbones, "build_model", spy)
+    config = small_config(data, epochs=4, lr=0.05)
+    config.early_stop.monitor = "val_loss"
+    result = fit(config, tmp_path / "run", [snaps])
+    best = min(result.history, key=lambda r: r["val_loss"])["epoch"]
+    assert result.best_epoch == best
+    saved = load_file(str(tmp_path / "run" / "model.safetensors"))
+    for k, v in result.model.state_dict().items():
+        assert torch.equal(v, snaps.states[best][k]) and torch.equal(saved[k], v)
+
+
+def test_every_regulariser_at_once_trains_finite(data, workspace, tmp_path):
+    config = small_config(data, epochs=2, clip_grad=1.0, schedule="onecycle")
+    r = config.regularize
+    r.l1, r.label_smoothing, r.mixup, r.cutmix, r.class_weighting = 1e-5, 0.1, 0.4, 1.0, "loss"
+    config.model.dropout = 0.3
+    result = fit(config, tmp_path / "run")
+    assert all(math.isfinite(row["train_loss"]) for row in result.history)
+    per_class = result.best["val_per_class"]
+    assert set(per_class) == {"precision", "recall", "f1", "support"} and per_class["support"] == [3, 3, 3]
+    assert 0 <= result.best["val_top2"] <= 1  # top-k only for k < classes
+    assert "val_top3" not in result.best
+
+
+def test_class_weighting_balances_loss_and_batches(tmp_path, workspace):
+    from core.engine import _criterion, _loaders
+    from core.validation import load_dataset
+    imbalanced = make_dataset(tmp_path / "imb", {"many": 40, "few": 8})
+    config = small_config(imbalanced)
+    config.data.val_ratio = 0.0
+    dataset = load_dataset(str(imbalanced), workspace, config.data)
+    config.regularize.class_weighting = "loss"
+    weight = _criterion(config, dataset, torch.device("cpu")).weight
+    few, many = dataset.classes.index("few"), dataset.classes.index("many")
+    assert weight[few] / weight[many] == pytest.approx(5.0)
+    config.regularize.class_weighting = "sampler"
+    loader = _loaders(config, dataset, backbones.get("resnet18"), torch.device("cpu"))["train"]
+    loader.generator.manual_seed(0)
+    labels = torch.cat([t for _, t in loader])
+    assert 0.35 < (labels == few).float().mean() < 0.65  # 8 of 48 images, yet about half the draws
