@@ -170,6 +170,9 @@ class _Bar:
 
 
 class TerminalProgress(Callback):
+    def __init__(self):
+        self.bars: dict[Any, _Bar] = {}
+
     def on_fit_start(self, state: State, info: dict[str, Any]) -> None:
         print("layer group      parameters  trainable  lr", file=sys.stderr)
         for g in info["groups"]:
@@ -178,11 +181,12 @@ class TerminalProgress(Callback):
         print(f"training on {info['train_images']} images, validating on {info['val_images']}; "
               f"weights: {info['weights']['source']}", file=sys.stderr)
 
-    def on_epoch_start(self, state: State) -> None:
-        self.bar = _Bar(f"epoch {state.epoch}/{state.epochs}")
-
     def on_batch_end(self, state: State) -> None:
-        self.bar.update(state.batch, state.batches, f"loss {state.batch_loss:.3f}")
+        if state.phase == "features":
+            self.bars.setdefault("features", _Bar("features")).update(state.batch, state.batches)
+            return
+        bar = self.bars.setdefault(state.epoch, _Bar(f"epoch {state.epoch}/{state.epochs}"))
+        bar.update(state.batch, state.batches, f"loss {state.batch_loss:.3f}")
 
     def on_epoch_end(self, state: State, row: dict[str, Any], confusion) -> None:
         val = f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}" if "val_loss" in row else ""

@@ -110,6 +110,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads; 0 = all cores
     num_workers: int = 0  # DataLoader worker processes
+    feature_cache: bool = True  # linear probe without random augmentation trains the head on cached features
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from . import backbones, metrics, runs, strategies
+from . import backbones, features, metrics, runs, strategies
 from .augment import eval_transform, train_transform
 from .callbacks import Callback, Callbacks, State, StopTraining
 from .config import RunConfig, workspace_root
@@ -158,6 +158,13 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
         cb.on_message(weights.note, "warning")
     model = backbones.build_model(backbone, num_classes, config.model.dropout, state_dict).to(device)
     loaders = _loaders(config, dataset, backbone, device)
+    net = model  # what the loop runs: the whole model, or only its head on cached features
+    reason = features.why_not(config)
+    if config.model.strategy == "linear-probe" and reason:
+        cb.on_message(f"Frozen-feature fast path off: {reason}.")
+    elif reason is None:
+        loaders = _feature_loaders(config, dataset, backbone, weights, model, device, cb, stop_event)
+        net = features.head_module(model, backbone)
     optimizer = _optimizer(config, model, backbone)
     monitor, maximize = _monitor(config, "val" in loaders)
     scheduler, when = make_scheduler(optimizer, config.optim, len(loaders["train"]), maximize)
@@ -202,11 +209,11 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
             loaders["train"].generator.manual_seed(config.seed * 100_003 + state.epoch)
             torch.manual_seed(config.seed * 100_019 + state.epoch)  # augmentation and dropout: epoch-reproducible
             lr = optimizer.param_groups[-1]["lr"]  # the head's rate, as the epoch starts
-            train = train_one_epoch(model, step, loaders["train"], device, state, cb, stop_event)
+            train = train_one_epoch(net, step, loaders["train"], device, state, cb, stop_event)
             val = None
             if "val" in loaders:
                 state.phase = "val"
-                val = evaluate(model, eval_criterion, loaders["val"], device, num_classes)
+                val = evaluate(net, eval_criterion, loaders["val"], device, num_classes)
             row = epoch_row(state.epoch, train, val) | {"lr": lr, "seconds": time.perf_counter() - started}
             state.history.append(row)
             runs.append_jsonl(run_dir / "metrics.jsonl", row)
@@ -268,20 +275,23 @@ def _monitor(config: RunConfig, has_val: bool) -> tuple[str, bool]:
     return config.early_stop.monitor, config.early_stop.monitor != "val_loss"
 
 
+def _sampler(config: RunConfig, samples, num_classes: int, generator: torch.Generator):
+    """Balanced batches: each image drawn with probability 1 / (its class's size)."""
+    if config.regularize.class_weighting != "sampler":
+        return None
+    counts = np.bincount([s.label for s in samples], minlength=num_classes)
+    weights = torch.tensor([1.0 / counts[s.label] for s in samples], dtype=torch.double)
+    return torch.utils.data.WeightedRandomSampler(weights, len(samples), replacement=True, generator=generator)
+
+
 def _loaders(config: RunConfig, dataset: Dataset, backbone: backbones.Backbone, device: torch.device) -> dict:
     aug = config.augment
     pin = device.type == "cuda"
     train_samples = dataset.split("train")
-    sampler = None
-    if config.regularize.class_weighting == "sampler":
-        counts = np.bincount([s.label for s in train_samples], minlength=len(dataset.classes))
-        weights = torch.tensor([1.0 / counts[s.label] for s in train_samples], dtype=torch.double)
-        sampler = torch.utils.data.WeightedRandomSampler(weights, len(train_samples), replacement=True)
+    generator = torch.Generator()
+    sampler = _sampler(config, train_samples, len(dataset.classes), generator)
     train_ds = ImageDataset(dataset.data_dir, train_samples, train_transform(aug, backbone.mean, backbone.std),
                             aug.image_size)
-    generator = torch.Generator()
-    if sampler is not None:
-        sampler.generator = generator
     result = {"train": make_loader(train_ds, config.optim.batch_size, True, config.num_workers, generator, pin,
                                    sampler)}
     eval_tf = eval_transform(aug, backbone.mean, backbone.std)
@@ -290,6 +300,36 @@ def _loaders(config: RunConfig, dataset: Dataset, backbone: backbones.Backbone, 
         if samples:
             result[split] = make_loader(ImageDataset(dataset.data_dir, samples, eval_tf, aug.image_size),
                                         config.optim.batch_size, False, config.num_workers, None, pin)
+    return result
+
+
+def _feature_loaders(config: RunConfig, dataset: Dataset, backbone: backbones.Backbone, weights: WeightsInfo,
+                     model: nn.Module, device: torch.device, cb: Callback, stop_event: threading.Event) -> dict:
+    """Loaders over cached features in place of images; the first run computes and stores them."""
+    path = workspace_root() / "features" / f"{features.cache_key(config, dataset, backbone, weights)}.pt"
+    state = State(phase="features")
+
+    def progress(done: int, total: int) -> None:
+        state.batch, state.batches = done, total
+        cb.on_batch_end(state)
+        if stop_event.is_set():
+            raise StopTraining("stopped on request")
+
+    loader = make_loader(ImageDataset(dataset.data_dir, dataset.samples,
+                                      eval_transform(config.augment, backbone.mean, backbone.std),
+                                      config.augment.image_size), config.optim.batch_size, False, config.num_workers)
+    index, feats, reused = features.cached_features(path, model, backbone, loader, [s.path for s in dataset.samples],
+                                                    device, None if path.exists() else progress)
+    cb.on_message("Frozen backbone: training the head on " +
+                  ("cached features (computed by an earlier run)." if reused else "features computed once."))
+    generator = torch.Generator()
+    train = dataset.split("train")
+    result = {"train": features.feature_loader(index, feats, train, config.optim.batch_size, True, generator,
+                                               _sampler(config, train, len(dataset.classes), generator))}
+    for split in ("val", "test"):
+        if dataset.split(split):
+            result[split] = features.feature_loader(index, feats, dataset.split(split), config.optim.batch_size,
+                                                    False, None)
     return result
 
 

@@ -1,0 +1,71 @@
+"""The frozen-backbone fast path: same model as the plain loop, features cached and reused."""
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import make_dataset
+from core.callbacks import Callback
+from core.engine import fit
+from test_engine import small_config
+
+
+class Messages(Callback):
+    def __init__(self):
+        self.texts = []
+
+    def on_message(self, text, level="info"):
+        self.texts.append(text)
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_dataset(tmp_path / "data", {"red": 12, "blue": 12, "green": 12})
+
+
+def probe_config(data, **kw):
+    config = small_config(data, **({"epochs": 3, "lr": 0.01} | kw))
+    config.model.strategy = "linear-probe"
+    config.augment.crop_scale_min, config.augment.hflip = 1.0, 0.0  # no random augmentation
+    return config
+
+
+def feature_files(workspace):
+    return sorted((workspace / "features").glob("*.pt"))
+
+
+def test_cache_is_written_then_reused_and_keyed_by_image_size(data, workspace, tmp_path):
+    first, second = Messages(), Messages()
+    fit(probe_config(data), tmp_path / "a", [first])
+    assert any("features computed once" in t for t in first.texts)
+    files = feature_files(workspace)
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    fit(probe_config(data, epochs=2), tmp_path / "b", [second])  # another run, same data and backbone
+    assert any("cached features" in t for t in second.texts)
+    assert feature_files(workspace) == files and files[0].stat().st_mtime_ns == stamp
+    bigger = probe_config(data)
+    bigger.augment.image_size = 48
+    fit(bigger, tmp_path / "c")
+    assert len(feature_files(workspace)) == 2  # a new size is a new cache entry
+
+
+def test_fast_path_matches_the_plain_loop(data, workspace, tmp_path):
+    fast = fit(probe_config(data), tmp_path / "fast")
+    plain_config = probe_config(data)
+    plain_config.feature_cache = False
+    plain = fit(plain_config, tmp_path / "plain")
+    # Same init, same head, same batches: the two paths compute the same thing, up to float noise.
+    for a, b in zip(fast.history, plain.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+        assert a["val_acc"] == b["val_acc"]
+    fw, pw = load_file(str(tmp_path / "fast" / "model.safetensors")), load_file(str(tmp_path / "plain" / "model.safetensors"))
+    assert all(torch.allclose(fw[k].float(), pw[k].float(), atol=1e-4) for k in fw)
+
+
+def test_random_augmentation_falls_back_and_says_why(data, workspace, tmp_path):
+    messages = Messages()
+    config = probe_config(data, epochs=1)
+    config.augment.hflip = 0.5
+    fit(config, tmp_path / "run", [messages])
+    assert any("fast path off" in t and "augmentation" in t for t in messages.texts)
+    assert not feature_files(workspace)
