@@ -8,6 +8,7 @@ Exit codes: 0 done, 2 the data or config cannot be used (one line on stderr says
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import threading
 import time
@@ -53,11 +54,24 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="fine-tune a backbone and write a run folder",
                        description="Every setting of the run config has a flag; --config gives them all at once.")
-    t.add_argument("data", nargs="?", help="folder (class subfolders, or train/ val/ test/) or zip")
     t.add_argument("--out", type=Path, help="run folder to write")
-    t.add_argument("--config", type=Path, help="a run config JSON (a run's config.json works)")
     t.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a killed or stopped run")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _config_flags(t)
+    t.set_defaults(run=cmd_train)
+
+    f = sub.add_parser("lr-find", help="sweep the learning rate and suggest one for this config")
+    f.add_argument("--steps", type=int, default=100)
+    f.add_argument("--json", action="store_true", help="print the curve as JSON")
+    _config_flags(f)
+    f.set_defaults(run=cmd_lr_find)
+    return p
+
+
+def _config_flags(t: argparse.ArgumentParser) -> None:
+    """DATA, --config, and one flag per setting of the run config."""
+    t.add_argument("data", nargs="?", help="folder (class subfolders, or train/ val/ test/) or zip")
+    t.add_argument("--config", type=Path, help="a run config JSON (a run's config.json works)")
     for path, hint, default in settings():
         if path == ("data", "source"):
             continue
@@ -67,8 +81,6 @@ def _parser() -> argparse.ArgumentParser:
         else:
             t.add_argument(flag, type=hint, default=None, metavar=hint.__name__.upper(),
                            help=f"{'.'.join(path)} (default {default})")
-    t.set_defaults(run=cmd_train)
-    return p
 
 
 def _split_args(p: argparse.ArgumentParser) -> None:
@@ -107,6 +119,19 @@ def cmd_import_weights(args: argparse.Namespace) -> int:
     print(f"{args.file.name} fits {backbone.name}: {len(state)} tensors, sha256 {weights.sha256_file(args.file)}")
     if args.install:
         print(f"installed as {weights.install(backbone, args.file)}")
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from .engine import lr_find
+
+    config = _config(args)
+    if not config.data.source:
+        raise DataError("lr-find needs DATA: a folder or zip of images")
+    result = lr_find(config, num_steps=args.steps, on_step=_Bar("lr sweep").update)
+    print(json.dumps(result.to_dict()) if args.json else result.reason)
+    if result.suggestion is not None and not args.json:
+        print(f"suggested --lr {result.suggestion:.2e}")
     return 0
 
 

@@ -142,29 +142,10 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
     stop_event = stop_event or threading.Event()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _seed_everything(config.seed)
-    torch.set_num_threads(config.threads or os.cpu_count() or 1)
-    device = _device(config.device)
-    check_config(config)
-
-    if dataset is None:
-        dataset = load_dataset(config.data.source, workspace_root(), config.data)
-    if not dataset.report.trainable:
-        raise DataError(dataset.report.errors[0])
-    backbone = backbones.get(config.model.backbone)
+    p = prepare(config, dataset, cb, stop_event)
+    dataset, backbone, weights, model, net, loaders, device = (p.dataset, p.backbone, p.weights, p.model, p.net,
+                                                               p.loaders, p.device)
     num_classes = len(dataset.classes)
-    state_dict, weights = resolve(backbone, config.model.weights)
-    if not weights.pretrained:
-        cb.on_message(weights.note, "warning")
-    model = backbones.build_model(backbone, num_classes, config.model.dropout, state_dict).to(device)
-    loaders = _loaders(config, dataset, backbone, device)
-    net = model  # what the loop runs: the whole model, or only its head on cached features
-    reason = features.why_not(config)
-    if config.model.strategy == "linear-probe" and reason:
-        cb.on_message(f"Frozen-feature fast path off: {reason}.")
-    elif reason is None:
-        loaders = _feature_loaders(config, dataset, backbone, weights, model, device, cb, stop_event)
-        net = features.head_module(model, backbone)
     optimizer = _optimizer(config, model, backbone)
     monitor, maximize = _monitor(config, "val" in loaders)
     scheduler, when = make_scheduler(optimizer, config.optim, len(loaders["train"]), maximize)
@@ -253,6 +234,58 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
     runs.write_status(run_dir, status, message, best_epoch=state.best_epoch)
     cb.on_fit_end(state, status)
     return FitResult(run_dir, status, state.best_epoch, best, state.history, weights, model, message)
+
+
+@dataclass
+class Prepared:
+    """Everything a loop over the data needs, built once from a config."""
+    dataset: Dataset
+    backbone: backbones.Backbone
+    weights: WeightsInfo
+    model: nn.Module
+    net: nn.Module  # what the loop runs: the whole model, or only its head on cached features
+    loaders: dict
+    device: torch.device
+
+
+def prepare(config: RunConfig, dataset: Dataset | None, cb: Callback, stop_event: threading.Event) -> Prepared:
+    """Seeds, threads, data, weights, model and loaders: shared by fit and the learning-rate finder."""
+    _seed_everything(config.seed)
+    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    device = _device(config.device)
+    check_config(config)
+    if dataset is None:
+        dataset = load_dataset(config.data.source, workspace_root(), config.data)
+    if not dataset.report.trainable:
+        raise DataError(dataset.report.errors[0])
+    backbone = backbones.get(config.model.backbone)
+    state_dict, weights = resolve(backbone, config.model.weights)
+    if not weights.pretrained:
+        cb.on_message(weights.note, "warning")
+    model = backbones.build_model(backbone, len(dataset.classes), config.model.dropout, state_dict).to(device)
+    loaders = _loaders(config, dataset, backbone, device)
+    net = model
+    reason = features.why_not(config)
+    if config.model.strategy == "linear-probe" and reason:
+        cb.on_message(f"Frozen-feature fast path off: {reason}.")
+    elif reason is None:
+        loaders = _feature_loaders(config, dataset, backbone, weights, model, device, cb, stop_event)
+        net = features.head_module(model, backbone)
+    return Prepared(dataset, backbone, weights, model, net, loaders, device)
+
+
+def lr_find(config: RunConfig, dataset: Dataset | None = None, num_steps: int = 100,
+            stop_event: threading.Event | None = None, on_step=None, callbacks: Sequence[Callback] = ()):
+    """The learning-rate range test on exactly what fit would train (strategy, groups, data, loss)."""
+    from .lr_finder import find_lr
+
+    stop_event = stop_event or threading.Event()
+    p = prepare(config, dataset, Callbacks(list(callbacks)), stop_event)
+    trainable = strategies.trainable_groups(config.model, len(p.backbone.groups), 1)
+    strategies.apply_freeze(p.model, p.backbone, trainable)
+    strategies.set_train_mode(p.model, p.backbone, trainable, config.model.train_frozen_bn)
+    return find_lr(p.net, _criterion(config, p.dataset, p.device), _optimizer(config, p.model, p.backbone),
+                   p.loaders["train"], p.device, num_steps=num_steps, stop_event=stop_event, on_step=on_step)
 
 
 def check_config(config: RunConfig) -> None:

@@ -92,3 +92,30 @@ def test_one_epoch_on_hymenoptera(tmp_path, hymenoptera):
     cm = json.loads((run / "confusion_matrix.json").read_text())
     assert cm["classes"] == ["ants", "bees"] and [sum(r) for r in cm["matrix"]] == [70, 83]
     assert (run / "model.safetensors").stat().st_size > 1e6
+
+
+def test_lr_find_suggests_a_rate_for_the_config(tmp_path):
+    data = make_dataset(tmp_path / "data", {"red": 10, "blue": 10})
+    out = cli("lr-find", data, "--json", "--steps", "30", "--backbone", "resnet18", "--weights", "random",
+              "--image-size", "32", "--batch-size", "8", "--strategy", "layerwise", home=tmp_path / "ws")
+    assert out.returncode == 0, out.stderr
+    curve = json.loads(out.stdout)
+    assert len(curve["lrs"]) == len(curve["losses"]) >= 10
+    assert curve["lrs"] == sorted(curve["lrs"])
+    assert curve["suggestion"] is None or curve["lrs"][0] <= curve["suggestion"] <= curve["lrs"][-1]
+    assert curve["reason"]
+
+
+def test_train_flags_reach_the_config(tmp_path):
+    data = make_dataset(tmp_path / "data", {"red": 8, "blue": 8})
+    run = tmp_path / "run"
+    out = cli("train", data, "--out", run, "--backbone", "resnet18", "--weights", "random", "--epochs", "1",
+              "--image-size", "32", "--strategy", "partial", "--freeze-groups", "3", "--schedule", "step",
+              "--label-smoothing", "0.1", "--class-weighting", "loss", "--patience", "2", "--nesterov",
+              "--optimizer", "sgd", home=tmp_path / "ws")
+    assert out.returncode == 0, out.stderr
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["strategy"] == "partial" and config["model"]["freeze_groups"] == 3
+    assert config["optim"]["schedule"] == "step" and config["optim"]["nesterov"] is True
+    assert config["regularize"]["label_smoothing"] == 0.1 and config["early_stop"]["patience"] == 2
+    assert "stage 3" in out.stderr and "no" in out.stderr  # the per-group table before training
