@@ -36,7 +36,7 @@ def _fit(aug: AugmentConfig) -> list[torch.nn.Module]:
     """Deterministic resize to a square of image_size, by the chosen mode."""
     size = aug.image_size
     if aug.resize == "crop":
-        return [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+        return [v2.Resize(aug.resize_side(), antialias=True), v2.CenterCrop(size)]
     if aug.resize == "squash":
         return [v2.Resize((size, size), antialias=True)]
     if aug.resize == "pad":

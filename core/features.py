@@ -33,6 +33,8 @@ def why_not(config: RunConfig) -> str | None:
     if config.augment.is_random():
         return ("random augmentation changes the features every epoch, so the linear probe runs the full loop; "
                 "turn augmentation off for a run about ten times faster")
+    if config.model.train_frozen_bn:
+        return "batch norm statistics that keep updating change the features every batch"
     if config.regularize.mixup or config.regularize.cutmix:
         return "mixup/cutmix mix images, not features"
     return None
@@ -48,6 +50,7 @@ def cache_key(config: RunConfig, dataset: Dataset, backbone: Backbone, weights: 
     aug = config.augment
     ident = {"data": dataset.key, "backbone": backbone.name, "weights": weights.sha256 or weights.source,
              "seed": config.seed if not weights.pretrained else None, "size": aug.image_size, "resize": aug.resize,
+             "crop_pct": aug.crop_pct,
              "mean": backbone.mean, "std": backbone.std, "v": 1}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 

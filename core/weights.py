@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from .backbones import Backbone, in_group
 
-PREFIXES = ("module.", "model.")  # DataParallel/DDP and Lightning wrappers
+PREFIXES = ("module.", "model.")
+HF_FILE = "model.safetensors"  # DataParallel/DDP and Lightning wrappers
 
 
 class WeightsError(ValueError):
@@ -28,7 +29,7 @@ class WeightsError(ValueError):
 
 @dataclass
 class WeightsInfo:
-    source: str  # torchvision-cache | download | file | random
+    source: str  # torchvision-cache | timm-cache | packaged | download | file | random
     file: str | None = None
     sha256: str | None = None
     note: str = ""
@@ -42,29 +43,75 @@ class WeightsInfo:
 
 
 def resolve(backbone: Backbone, request: str) -> tuple[dict[str, torch.Tensor] | None, WeightsInfo]:
-    """`pretrained`, `random`, a weights file or a run folder -> (checked state dict or None, what was used)."""
+    """`pretrained`, `random`, a weights file or a run folder -> (checked state dict or None, what was used).
+
+    `pretrained` tries, in order: the backbone library's cache, a packaged weights file, a download when the
+    server answers; and otherwise trains from random initialisation, saying so.
+    """
     if request == "random":
         return None, WeightsInfo("random", note="random initialisation, as requested")
-    if request == "pretrained":
-        cached = torchvision_cache_file(backbone)
-        if cached is None:
-            return None, WeightsInfo("random", note=f"{backbone.name} has no pretrained weights source; "
-                                                    "training from random initialisation.")
-        source = "torchvision-cache"
-        if not cached.exists():
-            if not network_available(backbone.tv_weights.url):
-                return None, WeightsInfo("random", note=offline_message(backbone, cached.parent))
-            download(backbone.tv_weights.url, cached)
-            source = "download"
-        return match_state(backbone, read_state_file(cached)), WeightsInfo(source, str(cached), sha256_file(cached))
-    path = Path(request).expanduser()
-    if path.is_dir():  # continue training from a run's own weights
-        path = path / "model.safetensors"
-    return match_state(backbone, read_state_file(path)), WeightsInfo("file", str(path), sha256_file(path))
+    if request != "pretrained":
+        path = Path(request).expanduser()
+        if path.is_dir():  # continue training from a run's own weights
+            path = path / "model.safetensors"
+        return match_state(backbone, read_state_file(path)), WeightsInfo("file", str(path), sha256_file(path))
+    cached = library_cache_file(backbone)
+    if cached is not None and cached.exists():
+        return _checked(backbone, cached, f"{backbone.library}-cache")
+    if backbone.packaged is not None:
+        path = backbone.packaged()
+        state = map_in_order(backbone, read_state_file(path))
+        return state, WeightsInfo("packaged", str(path), sha256_file(path))
+    url = download_url(backbone)
+    if url is None:
+        return None, WeightsInfo("random", note=f"{backbone.name} has no pretrained weights source; "
+                                                "training from random initialisation.")
+    if not network_available(url):
+        return None, WeightsInfo("random", note=offline_message(backbone, cached.parent if cached else None))
+    return _checked(backbone, download(backbone), "download")
 
 
-def offline_message(backbone: Backbone, where: Path) -> str:
-    return (f"Pretrained weights for {backbone.name} are not on this machine (looked in {where}) and the "
+def _checked(backbone: Backbone, path: Path, source: str) -> tuple[dict[str, torch.Tensor], WeightsInfo]:
+    return match_state(backbone, read_state_file(path)), WeightsInfo(source, str(path), sha256_file(path))
+
+
+def library_cache_file(backbone: Backbone) -> Path | None:
+    """Where the backbone's own library keeps its download: the torch hub cache, or timm's Hugging Face cache."""
+    if backbone.tv_weights is not None:
+        return torchvision_cache_file(backbone)
+    if backbone.hf_repo is not None:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(backbone.hf_repo, HF_FILE)
+        return Path(found) if isinstance(found, str) else None
+    return None
+
+
+def download_url(backbone: Backbone) -> str | None:
+    if backbone.tv_weights is not None:
+        return backbone.tv_weights.url
+    if backbone.hf_repo is not None:
+        return f"https://huggingface.co/{backbone.hf_repo}"
+    return None
+
+
+def map_in_order(backbone: Backbone, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A packaged file names its tensors its own way; they must line up one to one, in order, same shapes."""
+    own = backbone.build().state_dict()
+    theirs = list(state.items())
+    problems = []
+    if len(theirs) != len(own):
+        problems.append(f"the file has {len(theirs)} tensors, the model {len(own)}")
+    problems += [f"{k} {list(v.shape)} vs {m} {list(own[m].shape)}"
+                 for (k, v), m in zip(theirs, own) if v.shape != own[m].shape]
+    if problems:
+        raise WeightsError(f"The packaged weights do not line up with {backbone.name}: {_few(problems)}. "
+                           "Was the weights package replaced by another version?")
+    return {m: v for m, (_, v) in zip(own, theirs)}
+
+
+def offline_message(backbone: Backbone, where: Path | None) -> str:
+    return (f"Pretrained weights for {backbone.name} are not on this machine (looked in {where or 'the cache'}) and the "
             "download server cannot be reached. Training from random initialisation, so expect much lower "
             "accuracy. Two ways forward: import a weights file for this backbone (--weights FILE, or Import "
             "on the Model page), or choose a backbone whose weights are installed.")
@@ -96,7 +143,8 @@ def install(backbone: Backbone, path: Path) -> Path:
     """Copy a checked file where the library's cache looks, so later runs find it as pretrained."""
     target = torchvision_cache_file(backbone)
     if target is None:
-        raise WeightsError(f"{backbone.name} has no library cache to install into")
+        raise WeightsError(f"{backbone.name}'s weights come from its package or timm's hub cache; "
+                           "use the file with --weights FILE instead")
     state = match_state(backbone, read_state_file(path))
     own = backbone.build().state_dict()
     if any(k not in state or state[k].shape != own[k].shape for k in own):
@@ -126,7 +174,18 @@ def network_available(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def download(url: str, target: Path) -> None:
+def download(backbone: Backbone) -> Path:
+    """The library's own download into its own cache, with a progress bar."""
+    if backbone.hf_repo is not None:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(backbone.hf_repo, HF_FILE))
+    target = torchvision_cache_file(backbone)
+    download_file(backbone.tv_weights.url, target)
+    return target
+
+
+def download_file(url: str, target: Path) -> None:
     """torch.hub's download, with its progress bar and the hash check torchvision's file names carry."""
     target.parent.mkdir(parents=True, exist_ok=True)
     stem = Path(urlparse(url).path).stem

@@ -22,6 +22,7 @@ def small_config(data, **optim) -> RunConfig:
     config.data.val_ratio = 0.25
     config.model.backbone = "resnet18"
     config.model.weights = "random"
+    config.model.strategy = "full"
     config.augment.image_size = 32
     config.optim.epochs = 2
     config.optim.batch_size = 8

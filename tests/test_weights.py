@@ -111,10 +111,10 @@ def test_download_fetches_into_the_cache_and_checks_the_hash(tmp_path, imagenet_
         base = f"http://127.0.0.1:{server.server_port}"
         assert weights.network_available(base + "/x")
         target = tmp_path / "cache" / good.name
-        weights.download(f"{base}/{good.name}", target)
+        weights.download_file(f"{base}/{good.name}", target)
         assert weights.sha256_file(target) == digest
         with pytest.raises(RuntimeError, match="(?i)hash"):
-            weights.download(f"{base}/{bad.name}", tmp_path / "cache" / bad.name)
+            weights.download_file(f"{base}/{bad.name}", tmp_path / "cache" / bad.name)
     finally:
         server.shutdown()
     assert not weights.network_available("http://127.0.0.1:9/")
