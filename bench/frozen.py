@@ -43,7 +43,7 @@ def run(data: Path, backbone: str, fast: bool, epochs: int, size: int, home: Pat
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--size", type=int, default=224)
     args = p.parse_args()
