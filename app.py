@@ -1,9 +1,32 @@
-"""Fine-Tune Lab: page config and navigation. Everything else lives in pages/ (thin) and core/ (logic)."""
+"""Fine-Tune Lab: page config, the shared job registry, the sidebar, navigation. Pages are thin; core/ has the logic."""
 import streamlit as st
+
+from core.config import workspace_root
+from core.jobs import JobRegistry
 
 st.set_page_config(page_title="Fine-Tune Lab", page_icon=":material/model_training:", layout="wide")
 
+
+@st.cache_resource
+def job_registry() -> JobRegistry:
+    """One registry for every session and tab: jobs outlive reruns and reloads."""
+    return JobRegistry(workspace_root() / "runs")
+
+
+st.session_state.registry = job_registry()
+
 pages = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/data.py", title="Data", icon=":material/folder:"),
 ]
-st.navigation(pages).run()
+nav = st.navigation(pages)
+
+with st.sidebar:
+    key = st.query_params.get("data")
+    st.caption("Dataset")
+    st.write(f"`{key}`" if key else "none loaded yet")
+    active = st.session_state.registry.active()
+    st.caption("Training")
+    st.write(f"{len(active)} job(s) active" if active else "idle")
+
+nav.run()

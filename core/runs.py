@@ -78,3 +78,25 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
+
+
+def list_runs(root: Path) -> list[dict[str, Any]]:
+    """Every run folder under root, newest first, from what is on disk (so a server restart loses nothing)."""
+    rows = []
+    for run_dir in sorted((p for p in Path(root).glob("*") if (p / "config.json").is_file()), reverse=True):
+        config = read_json(run_dir / "config.json", {})
+        status = read_json(run_dir / "status.json", {})
+        history = read_jsonl(run_dir / "metrics.jsonl")
+        best = status.get("best_epoch") or 0
+        best_row = history[best - 1] if 0 < best <= len(history) else {}
+        rows.append({
+            "id": run_dir.name, "run_dir": run_dir, "status": status.get("status", "unknown"),
+            "message": status.get("message", ""), "backbone": config.get("model", {}).get("backbone"),
+            "strategy": config.get("model", {}).get("strategy"),
+            "weights": config.get("provenance", {}).get("weights", {}).get("source"),
+            "epochs": len(history), "best_epoch": best, "val_acc": best_row.get("val_acc"),
+            "val_macro_f1": best_row.get("val_macro_f1"), "seconds": sum(r.get("seconds") or 0 for r in history),
+            "dataset": config.get("provenance", {}).get("dataset", {}).get("key"),
+            "time": (run_dir / "config.json").stat().st_mtime,
+        })
+    return rows

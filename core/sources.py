@@ -85,6 +85,7 @@ def ingest(source: DataSource, workspace: Path, limits: Limits = Limits()) -> In
     root = workspace / "datasets" / key
     manifest = root / "ingest.json"
     if manifest.exists():
+        _write_refused(root, refused)
         return _read_manifest(root, refused, reused=True)
     staging = workspace / "datasets" / f".staging-{uuid.uuid4().hex}"
     try:
@@ -103,7 +104,36 @@ def ingest(source: DataSource, workspace: Path, limits: Limits = Limits()) -> In
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    _write_refused(root, refused)
     return _read_manifest(root, refused, reused=False)
+
+
+def stored(workspace: Path, key: str) -> Ingested:
+    """A dataset ingested earlier, by its key (what a page keeps in the URL)."""
+    if not key.isalnum():
+        raise DataError("That dataset link is not valid. Load the data again.")
+    root = workspace / "datasets" / key
+    if not (root / "ingest.json").is_file():
+        raise DataError("That dataset is no longer in the workspace. Load the data again.")
+    try:
+        refused = [Refused(**r) for r in json.loads((root / "refused.json").read_text())]
+    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+        refused = []
+    return _read_manifest(root, refused, reused=True)
+
+
+def server_folder(root: Path, relative: str) -> Path:
+    """A folder under the configured server root, never outside it (no ../, no absolute, no link out)."""
+    parts = safe_parts(relative)
+    if parts is None:
+        raise DataError(f"'{relative}' points outside the server data folder. Pick a folder inside {root}.")
+    root = root.resolve()
+    folder = root.joinpath(*parts).resolve()
+    if not folder.is_relative_to(root):
+        raise DataError(f"'{relative}' leads outside the server data folder through a link. Pick another folder.")
+    if not folder.is_dir():
+        raise DataError(f"There is no folder '{relative}' under {root}.")
+    return folder
 
 
 def safe_parts(name: str) -> tuple[str, ...] | None:
@@ -271,6 +301,13 @@ def _dataset_key(hashes: dict[str, str], dirs: set[tuple[str, ...]]) -> str:
 
 def _manifest_dict(info: Ingested) -> dict:
     return {"key": info.key, "files": info.files, "empty_dirs": info.empty_dirs}
+
+
+def _write_refused(root: Path, refused: list[Refused]) -> None:
+    """The latest upload's refused entries: not part of the key, but what its person needs to see again."""
+    tmp = root / f".refused-{uuid.uuid4().hex}.tmp"
+    tmp.write_text(json.dumps([vars(r) for r in refused], ensure_ascii=False))
+    os.replace(tmp, root / "refused.json")
 
 
 def _read_manifest(root: Path, refused: list[Refused], reused: bool) -> Ingested:

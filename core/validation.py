@@ -17,7 +17,7 @@ from typing import Callable
 
 from .config import DataConfig
 from .images import MAX_PIXELS, ImageError, inspect_image, is_image_name
-from .sources import DataSource, Ingested, Limits, ingest
+from .sources import DataSource, Ingested, Limits, ingest, stored
 from .splits import stratified_split
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -107,6 +107,11 @@ def load_dataset(
 ) -> Dataset:
     """Ingest (copy once) and validate; raises DataError only when nothing at all can be read."""
     return validate(ingest(source, workspace, limits), data, progress)
+
+
+def open_dataset(key: str, workspace: Path, data: DataConfig = DataConfig()) -> Dataset:
+    """A stored dataset again, validated with (possibly new) split settings; the scan is cached."""
+    return validate(stored(workspace, key), data)
 
 
 def validate(ingested: Ingested, data: DataConfig = DataConfig(), progress: Progress | None = None) -> Dataset:

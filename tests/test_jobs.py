@@ -111,3 +111,14 @@ def test_resume_through_the_registry_continues_the_history(registry, data, works
     assert again == job_id
     done = wait(registry, again, lambda s: not s.active)
     assert done.status == "finished" and [r["epoch"] for r in done.history] == list(range(1, config.optim.epochs + 1))
+
+
+def test_runs_are_listed_from_disk_after_a_restart(registry, data, workspace, tmp_path):
+    from core.runs import list_runs
+    job_id = registry.submit(small_config(data, epochs=2))
+    done = wait(registry, job_id, lambda s: not s.active)
+    rows = list_runs(tmp_path / "runs")  # a new process would see exactly this: nothing comes from memory
+    assert [r["id"] for r in rows] == [job_id]
+    row = rows[0]
+    assert row["status"] == "finished" and row["epochs"] == 2 and row["backbone"] == "resnet18"
+    assert row["val_acc"] == done.history[done.best_epoch - 1]["val_acc"] and row["weights"] == "random"

@@ -170,7 +170,7 @@ def test_zip_entries_escaping_are_refused_and_not_written(workspace, tmp_path):
     assert all("outside" in reason for reason in refused.values())
     assert set(result.files) == {"cat/1.png", "dog/1.png"}
     assert files_under(tmp_path) == {f"workspace/datasets/{result.key}/{p}" for p in
-                                     ("data/cat/1.png", "data/dog/1.png", "ingest.json")}
+                                     ("data/cat/1.png", "data/dog/1.png", "ingest.json", "refused.json")}
     assert not any(tmp_path.parent.glob("*.png")) and not Path("/abs.png").exists()
 
 
@@ -180,7 +180,7 @@ def test_upload_pairs_escaping_are_refused_and_not_written(workspace, tmp_path):
     assert {r.path for r in result.refused} == set(ESCAPING) | {"x\x00.png"}
     assert set(result.files) == {"cat/1.png", "dog/1.png"}
     assert files_under(tmp_path) == {f"workspace/datasets/{result.key}/{p}" for p in
-                                     ("data/cat/1.png", "data/dog/1.png", "ingest.json")}
+                                     ("data/cat/1.png", "data/dog/1.png", "ingest.json", "refused.json")}
 
 
 def test_refused_entries_do_not_change_the_key(workspace):
@@ -410,3 +410,25 @@ def test_safe_parts_refuses_escaping_names(name):
 ])
 def test_is_litter(parts, litter):
     assert is_litter(parts) is litter
+
+
+def test_server_folder_stays_under_its_root(tmp_path):
+    from core.sources import server_folder
+    root = tmp_path / "srv"
+    (root / "proj" / "imgs").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    (root / "out").symlink_to(tmp_path / "secret")
+    assert server_folder(root, "proj/imgs") == (root / "proj" / "imgs").resolve()
+    for bad, why in (("../secret", "outside"), ("/etc", "outside"), ("out", "link"), ("nope", "no folder")):
+        with pytest.raises(DataError, match=why):
+            server_folder(root, bad)
+
+
+def test_a_stored_dataset_reopens_by_key(two_class_folder, workspace):
+    from core.sources import stored
+    first = ingest(two_class_folder, workspace)
+    again = stored(workspace, first.key)
+    assert again.key == first.key and again.files == first.files
+    for bad in ("../../etc", "0" * 20):
+        with pytest.raises(DataError):
+            stored(workspace, bad)
