@@ -1,7 +1,7 @@
 """Fine-Tune Lab: page config, the shared job registry, the sidebar, navigation. Pages are thin; core/ has the logic."""
 import streamlit as st
 
-from core.config import workspace_root
+from core.config import RunConfig, workspace_root
 from core.jobs import JobRegistry
 
 st.set_page_config(page_title="Fine-Tune Lab", page_icon=":material/model_training:", layout="wide")
@@ -14,10 +14,13 @@ def job_registry() -> JobRegistry:
 
 
 st.session_state.registry = job_registry()
+st.session_state.setdefault("config", RunConfig())  # what the Model and Train pages edit
 
 pages = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("pages/data.py", title="Data", icon=":material/folder:"),
+    st.Page("pages/model.py", title="Model", icon=":material/neurology:"),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
 ]
 nav = st.navigation(pages)
 
@@ -26,6 +29,9 @@ with st.sidebar:
     st.caption("Dataset")
     st.write(f"`{key}`" if key else "none loaded yet")
     active = st.session_state.registry.active()
+    config = st.session_state.config
+    st.caption("Model")
+    st.write(f"{config.model.backbone} · {config.model.strategy}")
     st.caption("Training")
     st.write(f"{len(active)} job(s) active" if active else "idle")
 

@@ -86,3 +86,15 @@ def denormalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]
     m = torch.tensor(mean).view(-1, 1, 1)
     s = torch.tensor(std).view(-1, 1, 1)
     return (batch * s + m).clamp(0, 1)
+
+
+def preview(images: Sequence[torch.Tensor], aug: AugmentConfig, mean: Sequence[float], std: Sequence[float],
+            copies: int = 4, seed: int = 0) -> list[list[torch.Tensor]]:
+    """Each image augmented `copies` times, back in [0, 1]: what the network will see while training."""
+    tf = train_transform(aug, mean, std)
+    generator_state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return [[denormalize(tf(img), mean, std) for _ in range(copies)] for img in images]
+    finally:
+        torch.set_rng_state(generator_state)

@@ -72,8 +72,12 @@ def param_groups(model: nn.Module, backbone: Backbone, cfg: ModelConfig, base_lr
 
 def describe(model: nn.Module, backbone: Backbone, cfg: ModelConfig, base_lr: float, epoch: int = 1) -> list[dict]:
     """Per group: parameters, whether it trains in `epoch`, and its learning rate (0 when frozen)."""
+    return plan(group_sizes(backbone, model), backbone, cfg, base_lr, epoch)
+
+
+def plan(sizes: list[int], backbone: Backbone, cfg: ModelConfig, base_lr: float, epoch: int = 1) -> list[dict]:
+    """describe() from known group sizes: the Model page redraws it on every change without a model."""
     trainable = trainable_groups(cfg, len(backbone.groups), epoch)
     lrs = group_lrs(cfg, base_lr, len(backbone.groups))
-    sizes = group_sizes(backbone, model)
     return [{"group": g, "params": n, "trainable": t, "trainable_params": n if t else 0, "lr": lr if t else 0.0}
             for (g, _), n, t, lr in zip(backbone.groups, sizes, trainable, lrs)]

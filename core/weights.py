@@ -110,6 +110,18 @@ def map_in_order(backbone: Backbone, state: dict[str, torch.Tensor]) -> dict[str
     return {m: v for m, (_, v) in zip(own, theirs)}
 
 
+def availability(backbone: Backbone, online: bool) -> str:
+    """What "pretrained" would find on this machine now: cached, packaged, downloadable or missing."""
+    cached = library_cache_file(backbone)
+    if cached is not None and cached.exists():
+        return "cached"
+    if backbone.packaged is not None:
+        return "packaged"
+    if download_url(backbone) is not None and online:
+        return "downloadable"
+    return "missing"
+
+
 def offline_message(backbone: Backbone, where: Path | None) -> str:
     return (f"Pretrained weights for {backbone.name} are not on this machine (looked in {where or 'the cache'}) and the "
             "download server cannot be reached. Training from random initialisation, so expect much lower "

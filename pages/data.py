@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from core import charts
-from core.config import DataConfig, workspace_root
+from core.config import workspace_root
 from core.images import IMAGE_EXTENSIONS, ImageError, decode_image, to_pil
 from core.sample_data import describe, write_sample
 from core.sources import DataError, server_folder
@@ -25,7 +25,7 @@ def load(source, what: str) -> None:
     """Copy, check, remember in the URL; every problem becomes a message, never a crash."""
     bar = st.progress(0.0, text=f"Checking {what}...")
     try:
-        dataset = load_dataset(source, workspace_root(), DataConfig(),
+        dataset = load_dataset(source, workspace_root(), st.session_state.config.data,
                                progress=lambda done, total: bar.progress(done / total, text=f"Checked {done}/{total} files"))
     except (DataError, ImageError) as exc:
         bar.empty()
@@ -67,12 +67,14 @@ if not key:
 
 st.divider()
 c1, c2, c3 = st.columns(3)
-val_ratio = c1.slider("Validation share", 0.05, 0.5, 0.2, 0.05, help="Held out to measure accuracy honestly.")
-test_ratio = c2.slider("Test share", 0.0, 0.4, 0.0, 0.05, help="Held out until the end; optional.")
-seed = c3.number_input("Split seed", 0, 10_000, 0, help="The same seed gives the same split.")
+split = st.session_state.config.data  # the run that starts later uses exactly this split
+split.val_ratio = c1.slider("Validation share", 0.05, 0.5, split.val_ratio, 0.05,
+                            help="Held out to measure accuracy honestly (ignored when the data has a val/ folder).", key="data-validation-share")
+split.test_ratio = c2.slider("Test share", 0.0, 0.4, split.test_ratio, 0.05, help="Held out until the end; optional.", key="data-test-share")
+split.split_seed = int(c3.number_input("Split seed", 0, 10_000, split.split_seed,
+                                       help="The same seed gives the same split.", key="data-split-seed"))
 try:
-    dataset = open_dataset(key, workspace_root(), DataConfig(val_ratio=val_ratio, test_ratio=test_ratio,
-                                                             split_seed=int(seed)))
+    dataset = open_dataset(key, workspace_root(), split)
 except (DataError, ValueError) as exc:
     st.error(str(exc))
     st.stop()

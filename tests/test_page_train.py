@@ -1,0 +1,80 @@
+"""Model and Train pages through AppTest: choose a strategy, start a real job, watch it, stop it, reload."""
+import time
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from conftest import ROOT, make_dataset
+from core.sources import ingest
+
+
+@pytest.fixture
+def app(workspace, tmp_path):
+    st.cache_resource.clear()
+    key = ingest(make_dataset(tmp_path / "data", {"red": 10, "blue": 10}), workspace).key
+
+    def open_page(page: str, run: str | None = None) -> AppTest:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+        at.query_params["data"] = key
+        if run:
+            at.query_params["run"] = run
+        at.run()
+        config = at.session_state["config"]
+        config.model.backbone, config.model.weights, config.model.strategy = "resnet18", "random", "full"
+        config.augment.image_size, config.optim.batch_size, config.threads = 32, 8, 1
+        at.switch_page(page).run()
+        assert not at.exception, at.exception
+        return at
+    return open_page
+
+
+def poll(at, until, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        at.run()
+        assert not at.exception, at.exception
+        if until(at):
+            return at
+        time.sleep(0.3)
+    raise AssertionError("timed out")
+
+
+def registry(at):
+    return at.session_state["registry"]
+
+
+def test_model_page_counts_trainable_parameters_per_strategy(app):
+    at = app("pages/model.py")
+    at.radio[0].set_value("linear-probe").run()
+    probe = int(next(m for m in at.metric if m.label == "Trainable parameters").value.replace(",", ""))
+    at.radio[0].set_value("full").run()
+    full = int(next(m for m in at.metric if m.label == "Trainable parameters").value.replace(",", ""))
+    assert probe == 512 * 1000 + 1000 and full > 11_000_000  # resnet18: the head alone, then everything
+    assert at.session_state["config"].model.strategy == "full"
+
+
+def test_start_watch_and_reload(app):
+    at = app("pages/train.py")
+    at.number_input(key="train-epochs").set_value(2).run()
+    next(b for b in at.button if b.label == "Start training").click().run()
+    run = at.query_params["run"]
+    assert run and registry(at).snapshot(run) is not None
+    poll(at, lambda a: not registry(a).snapshot(run).active)
+    snap = registry(at).snapshot(run)
+    assert snap.status == "finished" and len(snap.history) == 2
+    assert len(at.get("vega_lite_chart")) >= 3  # loss, accuracy, confusion matrix
+    # a reload (a new session with the same URL) shows the same job
+    again = app("pages/train.py", run=run)
+    assert again.get("vega_lite_chart") and "finished" in again.get("progress")[0].proto.text
+
+
+def test_stop_button_stops_the_job(app):
+    at = app("pages/train.py")
+    at.number_input(key="train-epochs").set_value(200).run()
+    next(b for b in at.button if b.label == "Start training").click().run()
+    run = at.query_params["run"]
+    poll(at, lambda a: registry(a).snapshot(run).batch > 0 and any(b.label == "Stop" for b in a.button))
+    next(b for b in at.button if b.label == "Stop").click().run()
+    poll(at, lambda a: not registry(a).snapshot(run).active, timeout=20)
+    assert registry(at).snapshot(run).status == "stopped"
