@@ -3,7 +3,7 @@ import copy
 
 import streamlit as st
 
-from core import backbones, charts
+from core import backbones, charts, export
 from core.augment import preview
 from core.config import workspace_root
 from core.engine import MONITORS, lr_find
@@ -43,6 +43,13 @@ def live() -> None:
         st.caption(f"Validation confusion matrix, epoch {snap.history[-1]['epoch'] if snap.history else '?'}")
         st.altair_chart(charts.confusion([list(r) for r in snap.confusion], list(snap.classes)),
                         use_container_width=True)
+    if not snap.active and export.has_weights(snap.run_dir):
+        d1, d2 = st.columns(2)
+        d1.download_button("Download weights (model.safetensors)", data=lambda: export.weights_bytes(snap.run_dir),
+                           file_name=f"{snap.id}.safetensors", on_click="ignore", key="download-weights")
+        d2.download_button("Download the model package (zip)", data=lambda: export.package(snap.run_dir),
+                           file_name=f"finetune-lab-{snap.id}.zip", mime="application/zip", on_click="ignore",
+                           type="primary", key="download-package")
     with st.expander("Log", expanded=bool(snap.error)):
         for _, level, text in snap.messages:
             (st.warning if level == "warning" else st.error if level == "error" else st.write)(text)

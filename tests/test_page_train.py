@@ -64,6 +64,8 @@ def test_start_watch_and_reload(app):
     snap = registry(at).snapshot(run)
     assert snap.status == "finished" and len(snap.history) == 2
     assert len(at.get("vega_lite_chart")) >= 3  # loss, accuracy, confusion matrix
+    package = next(d for d in at.get("download_button") if "package" in d.label)
+    assert package is not None
     # a reload (a new session with the same URL) shows the same job
     again = app("pages/train.py", run=run)
     assert again.get("vega_lite_chart") and "finished" in again.get("progress")[0].proto.text
