@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,19 +85,58 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
     """Every run folder under root, newest first, from what is on disk (so a server restart loses nothing)."""
     rows = []
     for run_dir in sorted((p for p in Path(root).glob("*") if (p / "config.json").is_file()), reverse=True):
-        config = read_json(run_dir / "config.json", {})
-        status = read_json(run_dir / "status.json", {})
-        history = read_jsonl(run_dir / "metrics.jsonl")
-        best = status.get("best_epoch") or 0
-        best_row = history[best - 1] if 0 < best <= len(history) else {}
+        run = load_run(run_dir)
+        model = run.config.get("model", {})
         rows.append({
-            "id": run_dir.name, "run_dir": run_dir, "status": status.get("status", "unknown"),
-            "message": status.get("message", ""), "backbone": config.get("model", {}).get("backbone"),
-            "strategy": config.get("model", {}).get("strategy"),
-            "weights": config.get("provenance", {}).get("weights", {}).get("source"),
-            "epochs": len(history), "best_epoch": best, "val_acc": best_row.get("val_acc"),
-            "val_macro_f1": best_row.get("val_macro_f1"), "seconds": sum(r.get("seconds") or 0 for r in history),
-            "dataset": config.get("provenance", {}).get("dataset", {}).get("key"),
+            "id": run.id, "run_dir": run_dir, "status": run.status.get("status", "unknown"),
+            "message": run.status.get("message", ""), "backbone": model.get("backbone"),
+            "strategy": model.get("strategy"), "weights": run.weights_source, "epochs": len(run.history),
+            "best_epoch": run.best_epoch, "val_acc": run.best.get("val_acc"),
+            "val_macro_f1": run.best.get("val_macro_f1"), "seconds": run.seconds,
+            "dataset": run.config.get("provenance", {}).get("dataset", {}).get("key"),
             "time": (run_dir / "config.json").stat().st_mtime,
         })
     return rows
+
+
+@dataclass
+class RunRecord:
+    """One run as its folder has it: what the Results page and the exports read, during training or after."""
+    run_dir: Path
+    config: dict[str, Any]
+    classes: list[str]
+    preprocessing: dict[str, Any]
+    history: list[dict[str, Any]]
+    status: dict[str, Any]
+    confusion: dict[str, Any] | None
+
+    @property
+    def id(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def best_epoch(self) -> int:
+        return self.status.get("best_epoch") or 0
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """The metrics row of the epoch whose weights were kept ({} before the first epoch ends)."""
+        return self.history[self.best_epoch - 1] if 0 < self.best_epoch <= len(self.history) else {}
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.get("seconds") or 0 for r in self.history)
+
+    @property
+    def weights_source(self) -> str | None:
+        return self.config.get("provenance", {}).get("weights", {}).get("source")
+
+
+def load_run(run_dir: Path) -> RunRecord:
+    """Raises FileNotFoundError when the folder is not a run (no config.json)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder: it has no config.json.")
+    return RunRecord(run_dir, read_json(run_dir / "config.json", {}), read_json(run_dir / "classes.json", []),
+                     read_json(run_dir / "preprocessing.json", {}), read_jsonl(run_dir / "metrics.jsonl"),
+                     read_json(run_dir / "status.json", {}), read_json(run_dir / "confusion_matrix.json"))

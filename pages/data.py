@@ -12,6 +12,7 @@ from core.images import IMAGE_EXTENSIONS, ImageError, decode_image, to_pil
 from core.sample_data import describe, write_sample
 from core.sources import DataError, server_folder
 from core.validation import load_dataset, open_dataset
+from ui import set_url
 
 SERVER_ROOT = Path(os.environ.get("FTLAB_DATA_ROOT", workspace_root() / "server-data"))
 THUMBS_PER_CLASS = 8
@@ -32,7 +33,7 @@ def load(source, what: str) -> None:
         st.error(str(exc))
         return
     bar.empty()
-    st.query_params["data"] = dataset.key
+    set_url("data", dataset.key)
 
 
 folder_tab, zip_tab, server_tab, sample_tab = st.tabs(["Upload a folder", "Upload a zip", "Folder on the server",

@@ -3,7 +3,7 @@ import copy
 
 import streamlit as st
 
-from core import backbones, charts, export
+from core import backbones, charts
 from core.augment import preview
 from core.config import workspace_root
 from core.engine import MONITORS, lr_find
@@ -11,6 +11,7 @@ from core.images import decode_image, to_pil
 from core.schedules import SCHEDULES
 from core.sources import DataError
 from core.validation import open_dataset
+from ui import downloads, set_url
 
 st.title("Train")
 registry = st.session_state.registry
@@ -22,8 +23,10 @@ def live() -> None:
     """Redrawn every second while the job is active; the worker never touches Streamlit."""
     snap = registry.snapshot(st.query_params.get("run", ""))
     if snap is None:
-        st.info("That run is not in memory any more (finished earlier or the server restarted); its folder is "
-                "kept under workspace/runs.")
+        st.info("That run is not in memory any more (it ended a while ago, or the server restarted); "
+                "its results are kept on disk.")
+        st.page_link("pages/results.py", label="Open its results", icon=":material/insights:",
+                     query_params={"run": st.query_params.get("run", "")})
         return
     if snap.status == "queued":
         st.info(f"Queued: position {snap.queue_position}. It starts when the running job ends.")
@@ -43,13 +46,10 @@ def live() -> None:
         st.caption(f"Validation confusion matrix, epoch {snap.history[-1]['epoch'] if snap.history else '?'}")
         st.altair_chart(charts.confusion([list(r) for r in snap.confusion], list(snap.classes)),
                         use_container_width=True)
-    if not snap.active and export.has_weights(snap.run_dir):
-        d1, d2 = st.columns(2)
-        d1.download_button("Download weights (model.safetensors)", data=lambda: export.weights_bytes(snap.run_dir),
-                           file_name=f"{snap.id}.safetensors", on_click="ignore", key="download-weights")
-        d2.download_button("Download the model package (zip)", data=lambda: export.package(snap.run_dir),
-                           file_name=f"finetune-lab-{snap.id}.zip", mime="application/zip", on_click="ignore",
-                           type="primary", key="download-package")
+    if not snap.active:
+        downloads(snap.run_dir, snap.id)
+        st.page_link("pages/results.py", label="Open the results", icon=":material/insights:",
+                     query_params={"run": snap.id})
     with st.expander("Log", expanded=bool(snap.error)):
         for _, level, text in snap.messages:
             (st.warning if level == "warning" else st.error if level == "error" else st.write)(text)
@@ -136,7 +136,7 @@ if not dataset.report.trainable:
     st.error(dataset.report.errors[0])
 elif st.button("Start training", type="primary"):
     run_id = registry.submit(copy.deepcopy(config))
-    st.query_params["run"] = run_id
+    set_url("run", run_id)
     snap = registry.snapshot(run_id)
     if snap and snap.status == "queued":
         st.toast(f"Another job is training: this one waits in the queue (position {snap.queue_position}).")

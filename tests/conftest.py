@@ -58,3 +58,29 @@ def hymenoptera() -> Path:
     if not HYMENOPTERA.is_dir():
         pytest.skip("../shared/datasets/hymenoptera is absent")
     return HYMENOPTERA
+
+
+@pytest.fixture
+def fetch_download(monkeypatch):
+    """Click an AppTest download button the way the browser does: run its deferred callable, return the bytes."""
+    import streamlit.testing.v1.app_test as app_test
+
+    made = []
+    real = app_test.MediaFileManager
+
+    def recording(storage):
+        manager = real(storage)
+        made.append((manager, storage))
+        return manager
+    monkeypatch.setattr(app_test, "MediaFileManager", recording)
+
+    def fetch(button) -> bytes:
+        file_id = button.proto.deferred_file_id
+        for manager, storage in reversed(made):
+            try:
+                url = manager.execute_deferred(file_id)
+            except Exception:  # registered in another run's manager
+                continue
+            return storage.get_file(url.rsplit("/", 1)[-1]).content
+        raise AssertionError(f"no download registered as {file_id!r}")
+    return fetch

@@ -1,11 +1,15 @@
 """Model and Train pages through AppTest: choose a strategy, start a real job, watch it, stop it, reload."""
+import io
+import json
 import time
+import zipfile
 
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, make_dataset
+from core import export
 from core.sources import ingest
 
 
@@ -54,18 +58,21 @@ def test_model_page_counts_trainable_parameters_per_strategy(app):
     assert at.session_state["config"].model.strategy == "full"
 
 
-def test_start_watch_and_reload(app):
+def test_start_watch_and_reload(app, fetch_download):
     at = app("pages/train.py")
     at.number_input(key="train-epochs").set_value(2).run()
     next(b for b in at.button if b.label == "Start training").click().run()
     run = at.query_params["run"]
     assert run and registry(at).snapshot(run) is not None
     poll(at, lambda a: not registry(a).snapshot(run).active)
+    at.run()  # the poll's last page may have been drawn a moment before the job ended
     snap = registry(at).snapshot(run)
     assert snap.status == "finished" and len(snap.history) == 2
     assert len(at.get("vega_lite_chart")) >= 3  # loss, accuracy, confusion matrix
     package = next(d for d in at.get("download_button") if "package" in d.label)
-    assert package is not None
+    files = zipfile.ZipFile(io.BytesIO(fetch_download(package)))
+    assert json.loads(files.read("classes.json")) == list(snap.classes)
+    assert files.read("model.safetensors") == export.weights_bytes(snap.run_dir)
     # a reload (a new session with the same URL) shows the same job
     again = app("pages/train.py", run=run)
     assert again.get("vega_lite_chart") and "finished" in again.get("progress")[0].proto.text
