@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8501
 
+CHROMIUM := /usr/bin/chromium
+
 .PHONY: run test test-fast clean
 
 $(STAMP): requirements.txt
@@ -17,7 +19,13 @@ $(STAMP): requirements.txt
 run: $(STAMP)
 	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)
 
-test: $(STAMP)
+# The end-to-end tests drive Debian's Chromium through Playwright (Playwright's own browser download is not
+# reachable from every machine); installed once, with the package lists refreshed only when the first try fails.
+$(CHROMIUM):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y chromium || \
+	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest
 
 test-fast: $(STAMP)

@@ -3,6 +3,7 @@ import streamlit as st
 
 from core.config import RunConfig, workspace_root
 from core.jobs import JobRegistry
+from core.runs import find_run
 
 st.set_page_config(page_title="Fine-Tune Lab", page_icon=":material/model_training:", layout="wide")
 
@@ -13,8 +14,18 @@ def job_registry() -> JobRegistry:
     return JobRegistry(workspace_root() / "runs")
 
 
+def starting_config(run_id: str) -> RunConfig:
+    """A new session (a reload, a shared link) naming a run starts from that run's settings."""
+    run_dir = find_run(workspace_root() / "runs", run_id)
+    try:
+        return RunConfig.from_json((run_dir / "config.json").read_text()) if run_dir else RunConfig()
+    except ValueError:  # a config.json edited by hand or from another version: start fresh, never crash
+        return RunConfig()
+
+
 st.session_state.registry = job_registry()
-st.session_state.setdefault("config", RunConfig())  # what the Model and Train pages edit
+if "config" not in st.session_state:  # what the Model and Train pages edit
+    st.session_state.config = starting_config(st.query_params.get("run", ""))
 
 # The dataset and run live in the URL (shareable, survive a reload); switching pages drops query params, so
 # the session puts back the last ones seen.
@@ -34,19 +45,27 @@ pages = [
 ]
 nav = st.navigation(pages)
 
-with st.sidebar:
-    key = st.query_params.get("data")
-    st.caption("Dataset")
-    st.write(f"`{key}`" if key else "none loaded yet")
+
+
+@st.fragment(run_every=2.0 if st.session_state.registry.active() else None)
+def training_status() -> None:
+    """Polls on its own while a job is active, so every page shows how the job is doing."""
     active = st.session_state.registry.active()
-    config = st.session_state.config
-    st.caption("Model")
-    st.write(f"{config.model.backbone} · {config.model.strategy}")
-    st.caption("Training")
     if not active:
         st.write("idle")
     for snap in active:
         where = f"epoch {snap.epoch}/{snap.epochs}" if snap.status == "running" else f"queued #{snap.queue_position}"
         st.progress(snap.progress, text=f"`{snap.id}` {where}")
+
+
+with st.sidebar:
+    key = st.query_params.get("data")
+    st.caption("Dataset")
+    st.write(f"`{key}`" if key else "none loaded yet")
+    config = st.session_state.config
+    st.caption("Model")
+    st.write(f"{config.model.backbone} · {config.model.strategy}")
+    st.caption("Training")
+    training_status()
 
 nav.run()

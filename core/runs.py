@@ -132,6 +132,14 @@ class RunRecord:
         return self.config.get("provenance", {}).get("weights", {}).get("source")
 
 
+def find_run(root: Path, run_id: str) -> Path | None:
+    """The run folder named by an id from a URL, or None: an id is a plain name, never a path."""
+    if not run_id or not all(c.isalnum() or c in "-_" for c in run_id):
+        return None
+    path = Path(root) / run_id
+    return path if (path / "config.json").is_file() else None
+
+
 def load_run(run_dir: Path) -> RunRecord:
     """Raises FileNotFoundError when the folder is not a run (no config.json)."""
     run_dir = Path(run_dir)

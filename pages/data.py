@@ -34,6 +34,7 @@ def load(source, what: str) -> None:
         return
     bar.empty()
     set_url("data", dataset.key)
+    st.rerun()  # the sidebar, drawn before this page, shows the new dataset too
 
 
 folder_tab, zip_tab, server_tab, sample_tab = st.tabs(["Upload a folder", "Upload a zip", "Folder on the server",
@@ -92,7 +93,7 @@ m2.metric("Classes", len(report.classes))
 m3.metric("Skipped", len(report.skipped))
 m4.metric("Layout", report.layout)
 if report.classes:
-    st.altair_chart(charts.class_counts(report.classes, report.splits), use_container_width=True)
+    st.altair_chart(charts.class_counts(report.classes, report.splits), width="stretch")
 if report.sizes:
     lo, mid, hi = (report.sizes[k] for k in ("min", "median", "max"))
     st.caption(f"Sizes {lo[0]}x{lo[1]} to {hi[0]}x{hi[1]} (median {mid[0]}x{mid[1]}); modes: "
@@ -100,7 +101,7 @@ if report.sizes:
 if report.skipped:
     with st.expander(f"{len(report.skipped)} files skipped, with the reason", expanded=not report.trainable):
         st.dataframe(pd.DataFrame([{"file": s.path, "reason": s.reason} for s in report.skipped]),
-                     hide_index=True, use_container_width=True)
+                     hide_index=True, width="stretch")
 
 st.subheader("Thumbnails")
 for label, name in enumerate(dataset.classes):

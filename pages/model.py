@@ -29,7 +29,7 @@ for b in backbones.REGISTRY.values():
     rows.append({"backbone": b.name, "parameters (M)": round((meta["params"] or 0) / 1e6, 1),
                  "input px": b.input_size, "ImageNet top-1 %": meta["imagenet_top1"], "GFLOPS": meta["gflops"],
                  "weights here": weights.availability(b, online())})
-st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 st.caption("Weights here: *packaged* install with the app, *cached* were downloaded before, *downloadable* "
            "will be fetched, *missing* means random initialisation unless you import a weights file below.")
 
@@ -61,7 +61,7 @@ config.model.train_frozen_bn = st.toggle("Update batch-norm statistics in frozen
 groups = strategies.plan(group_sizes(backbone.name), backbone, config.model, config.optim.lr)
 table = pd.DataFrame(groups).rename(columns={"group": "layer group", "params": "parameters",
                                              "trainable_params": "trainable parameters", "lr": "learning rate"})
-st.dataframe(table, hide_index=True, use_container_width=True)
+st.dataframe(table, hide_index=True, width="stretch")
 trainable = sum(g["trainable_params"] for g in groups)
 st.metric("Trainable parameters", f"{trainable:,}", f"{trainable / max(sum(g['params'] for g in groups), 1):.1%} of the model",
           delta_color="off")

@@ -46,18 +46,18 @@ st.caption(f"{model.get('backbone')} · {model.get('strategy')} · weights: {run
 
 if run.history:
     c1, c2 = st.columns(2)
-    c1.altair_chart(charts.curves(run.history, None, "loss"), use_container_width=True)
-    c2.altair_chart(charts.curves(run.history, None, "acc"), use_container_width=True)
+    c1.altair_chart(charts.curves(run.history, None, "loss"), width="stretch")
+    c2.altair_chart(charts.curves(run.history, None, "acc"), width="stretch")
 else:
     st.info("No epoch has finished yet.")
 
 if run.confusion:
     st.subheader(f"Confusion matrix (validation, epoch {run.confusion['epoch']})")
-    st.altair_chart(charts.confusion(run.confusion["matrix"], run.confusion["classes"]), use_container_width=True)
+    st.altair_chart(charts.confusion(run.confusion["matrix"], run.confusion["classes"]), width="stretch")
 if per_class := best.get("val_per_class"):
     st.subheader("Per class (validation)")
     table = pd.DataFrame({"class": run.classes, **per_class})
-    st.dataframe(table.sort_values("f1"), hide_index=True, use_container_width=True,
+    st.dataframe(table.sort_values("f1"), hide_index=True, width="stretch",
                  column_config={k: st.column_config.NumberColumn(format="%.3f") for k in ("precision", "recall", "f1")})
 
 st.subheader("Download")

@@ -26,7 +26,7 @@ table = pd.DataFrame([{
     "epochs": r["epochs"], "val accuracy": r["val_acc"], "macro F1": r["val_macro_f1"], "seconds": r["seconds"],
 } for r in runs])
 picked = st.dataframe(
-    table, hide_index=True, use_container_width=True, on_select="rerun", selection_mode="single-row", key="runs-table",
+    table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row", key="runs-table",
     column_config={"val accuracy": st.column_config.NumberColumn(format="percent"),
                    "macro F1": st.column_config.NumberColumn(format="%.3f"),
                    "seconds": st.column_config.NumberColumn(format="%.0f")})

@@ -40,12 +40,12 @@ def live() -> None:
         st.error(snap.error)
     batches = [{"step": x, "loss": y} for x, y in snap.batch_losses]
     c1, c2 = st.columns(2)
-    c1.altair_chart(charts.curves(list(snap.history), batches, "loss"), use_container_width=True)
-    c2.altair_chart(charts.curves(list(snap.history), None, "acc"), use_container_width=True)
+    c1.altair_chart(charts.curves(list(snap.history), batches, "loss"), width="stretch")
+    c2.altair_chart(charts.curves(list(snap.history), None, "acc"), width="stretch")
     if snap.confusion:
         st.caption(f"Validation confusion matrix, epoch {snap.history[-1]['epoch'] if snap.history else '?'}")
         st.altair_chart(charts.confusion([list(r) for r in snap.confusion], list(snap.classes)),
-                        use_container_width=True)
+                        width="stretch")
     if not snap.active:
         downloads(snap.run_dir, snap.id)
         st.page_link("pages/results.py", label="Open the results", icon=":material/insights:",
@@ -92,11 +92,15 @@ with st.expander("Augmentation", expanded=False):
     aug.blur = c3.slider("Gaussian blur", 0.0, 1.0, aug.blur, 0.05, key="train-gaussian-blur")
     aug.erasing = c3.slider("Random erasing", 0.0, 1.0, aug.erasing, 0.05, key="train-random-erasing")
     train = dataset.split("train")[:: max(1, len(dataset.split("train")) // 4)][:4]
+    copies = 5 if aug.is_random() else 1  # with nothing random, every copy would be the same picture
     grid = preview([decode_image(dataset.data_dir / s.path, aug.resize_side()) for s in train], aug,
-                   backbone.mean, backbone.std, copies=5)
+                   backbone.mean, backbone.std, copies=copies)
+    if copies == 1:
+        st.caption("Nothing random is on: each picture as training sees it.")
+        grid = [[row[0] for row in grid]]
     for row in grid:
-        for col, img in zip(st.columns(len(row)), row):
-            col.image(to_pil(img), use_container_width=True)
+        for col, img in zip(st.columns(5), row):
+            col.image(to_pil(img), width="stretch")
     if aug.is_random() and config.model.strategy == "linear-probe":
         st.caption("With random augmentation the linear probe cannot use cached features: expect slower epochs.")
 
@@ -121,7 +125,9 @@ with st.expander("Hyperparameters", expanded=True):
 if st.button("Find a learning rate"):
     bar = st.progress(0.0, text="Sweeping the learning rate...")
     try:
-        result = lr_find(copy.deepcopy(config), dataset, num_steps=60,
+        probe = copy.deepcopy(config)
+        probe.threads = probe.threads or registry.threads  # torch's thread count is the whole server's
+        result = lr_find(probe, dataset, num_steps=60,
                          on_step=lambda i, n: bar.progress(i / n, text=f"Sweep step {i}/{n}"))
     except (DataError, ValueError) as exc:
         st.error(str(exc))
@@ -129,17 +135,14 @@ if st.button("Find a learning rate"):
         st.session_state.lr_find = result.to_dict()
     bar.empty()
 if found := st.session_state.get("lr_find"):
-    st.altair_chart(charts.lr_finder(found["lrs"], found["losses"], found["suggestion"]), use_container_width=True)
+    st.altair_chart(charts.lr_finder(found["lrs"], found["losses"], found["suggestion"]), width="stretch")
     st.caption(found["reason"])
 
 if not dataset.report.trainable:
     st.error(dataset.report.errors[0])
 elif st.button("Start training", type="primary"):
-    run_id = registry.submit(copy.deepcopy(config))
-    set_url("run", run_id)
-    snap = registry.snapshot(run_id)
-    if snap and snap.status == "queued":
-        st.toast(f"Another job is training: this one waits in the queue (position {snap.queue_position}).")
+    set_url("run", registry.submit(copy.deepcopy(config)))
+    st.rerun()  # from the top: the live view polls, the sidebar shows the job (a queued one says so there)
 
 if st.query_params.get("run"):
     live()

@@ -89,3 +89,67 @@ def test_sample_dataset_loads_with_one_click(at):
     assert not at.exception and not at.error
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Classes"] == "3" and int(metrics["Images"]) >= 90
+
+
+def zip_upload(entries: dict[str, bytes], name="set.zip", patch_sizes: int | None = None):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for path, data in entries.items():
+            z.writestr(path, data)
+    data = bytearray(buf.getvalue())
+    if patch_sizes is not None:  # a zip bomb: the central directory declares huge uncompressed sizes
+        at = 0
+        while (at := data.find(b"PK\x01\x02", at)) != -1:
+            data[at + 24:at + 28] = patch_sizes.to_bytes(4, "little")
+            at += 4
+    return [(name, bytes(data), "application/zip")]
+
+
+def good(top="set", spec=None):
+    return {path: data for path, data, _ in folder_upload(spec or {"ants": 5, "bees": 5}, top=top)}
+
+
+@pytest.mark.parametrize("uploader, upload, skipped", [
+    ("folder", lambda: folder_upload({"ants": 5, "bees": 5}) + [("photos/ants/empty.png", b"", "image/png"),
+                                                               ("photos/bees/cut.png", image_bytes()[:60], "image/png")],
+     {"ants/empty.png": "empty", "bees/cut.png": "truncated"}),
+    ("zip", lambda: zip_upload(good() | {"/etc/passwd.png": image_bytes(), "set/ants/notes.txt": b"hello"}),
+     {"/etc/passwd.png": "outside", "ants/notes.txt": "not an image"}),
+    ("folder", lambda: folder_upload({"ants": 5, "bees": 5}) + [("photos/bees/bomb.png", png_bomb(), "image/png")],
+     {"bees/bomb.png": "too large"}),
+])
+def test_bad_files_are_skipped_with_a_reason_through_the_page(at, uploader, upload, skipped):
+    at.file_uploader(key=uploader).set_value(upload()).run()
+    button(at, "Use this folder" if uploader == "folder" else "Use this zip").click().run()
+    assert not at.exception and not at.error
+    assert {m.label: m.value for m in at.metric}["Classes"] == "2"
+    table = at.dataframe[0].value
+    reasons = dict(zip(table["file"], table["reason"]))
+    for path, words in skipped.items():
+        assert words in reasons[path], reasons
+
+
+@pytest.mark.parametrize("upload, message", [
+    (lambda: zip_upload({}), "no files"),
+    (lambda: zip_upload(good(), patch_sizes=0xFFFF_FFF0), "limit"),  # 10 entries declaring 4 GB each
+    (lambda: zip_upload({"set/ants/": b"", **{k: v for k, v in good().items() if "/ants/" not in k}}), "one class"),
+])
+def test_bad_zips_are_refused_through_the_page(at, upload, message):
+    at.file_uploader(key="zip").set_value(upload()).run()
+    button(at, "Use this zip").click().run()
+    assert not at.exception
+    assert any(message in e.value.lower() for e in at.error), [e.value for e in at.error]
+
+
+def test_names_with_spaces_and_accents_become_classes(at):
+    at.file_uploader(key="folder").set_value(folder_upload({"café au lait": 5, "ñandú 2": 5})).run()
+    button(at, "Use this folder").click().run()
+    assert not at.exception and not at.error
+    assert any("**café au lait**" in m.value for m in at.markdown)
+    assert any("**ñandú 2**" in m.value for m in at.markdown)
+
+
+def png_bomb() -> bytes:
+    """A complete 10,000 x 10,000 PNG in a few KB: decoding it would take 100 Mpx of memory."""
+    from test_images import png_header_only
+    return png_header_only(10_000, 10_000, rows=10_000)

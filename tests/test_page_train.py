@@ -87,3 +87,14 @@ def test_stop_button_stops_the_job(app):
     next(b for b in at.button if b.label == "Stop").click().run()
     poll(at, lambda a: not registry(a).snapshot(run).active, timeout=20)
     assert registry(at).snapshot(run).status == "stopped"
+
+
+def test_augmentation_preview_follows_the_settings(app):
+    at = app("pages/train.py")
+    still = at.get("image")
+    at.slider(key="train-horizontal-flip-probability").set_value(0.5).run()
+    at.slider(key="train-rotation-degrees").set_value(30.0).run()
+    assert not at.exception and at.session_state["config"].augment.rotation == 30.0
+    moving = at.get("image")
+    assert (len(still), len(moving)) == (4, 20)  # four training pictures; then each five times, augmented
+    assert len({m.proto.imgs[0].url for m in moving}) > 4  # the copies differ (the url names the bytes)

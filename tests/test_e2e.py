@@ -1,0 +1,209 @@
+"""End to end in a real headless Chromium against `streamlit run`: upload a folder, train, watch, reload, stop,
+download the package and check that plain torch code loads it and predicts what the app's own model does.
+
+Screenshots of every page land in test-artifacts/e2e/ (the path is printed) for a reviewer to look at.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from playwright.sync_api import expect
+
+from conftest import ROOT, make_dataset
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"]
+SHOTS = ROOT / "test-artifacts" / "e2e"
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The app as a user gets it from `make run`, on a free port, over a workspace of its own."""
+    home = tmp_path_factory.mktemp("home")
+    port = free_port()
+    env = os.environ | {"FTLAB_HOME": str(home / "workspace"), "FTLAB_DATA_ROOT": str(home / "server-data")}
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
+                             "--server.port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"streamlit did not start: {(home / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield url, home
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), "Chromium is missing: `make test` installs it (apt-get install -y chromium)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page = context.new_page()
+        yield page
+        shot(page, "last")  # what the browser showed when the test ended, passed or failed
+        browser.close()
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(400)  # let charts finish drawing
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def settle(page) -> None:
+    """Wait until Streamlit has finished the rerun the last action caused."""
+    page.wait_for_timeout(300)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=60_000)
+
+
+def nav(page, title: str) -> None:
+    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title).click()
+    page.get_by_role("heading", name=title, level=1).wait_for(timeout=30_000)
+    settle(page)
+
+
+def test_upload_train_watch_reload_stop_download(server, page, tmp_path, capsys):
+    url, home = server
+    data = make_dataset(tmp_path / "upload" / "fruit", {"apple": 8, "plum": 8}, size=(64, 48))
+
+    page.goto(url)
+    page.get_by_role("heading", name="Fine-Tune Lab").wait_for(timeout=60_000)
+    shot(page, "1-home")
+
+    nav(page, "Data")
+    page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files(str(data))
+    page.get_by_role("button", name="Use this folder").click()
+    page.get_by_text("Thumbnails").wait_for(timeout=60_000)
+    settle(page)
+    expect(page.locator('[data-testid="stMetric"]').filter(has_text="Images")).to_contain_text("16")
+    expect(page.locator('[data-testid="stMetric"]').filter(has_text="Classes")).to_contain_text("2")
+    expect(page.locator('[data-testid="stSidebar"]')).to_contain_text(re.search(r"data=(\w+)", page.url).group(1))
+    assert "data=" in page.url
+    shot(page, "2-data")
+
+    nav(page, "Model")
+    page.get_by_text("Full fine-tuning (every layer trains)").click()  # a run slow enough to watch and stop
+    settle(page)
+    shot(page, "3-model")
+
+    nav(page, "Train")
+    assert "data=" in page.url  # the dataset followed the page switch
+    epochs = page.get_by_role("spinbutton", name="Epochs")
+    epochs.fill("40")
+    epochs.press("Enter")
+    settle(page)
+    shot(page, "4-train-settings")
+    page.get_by_role("button", name="Start training").click()
+    page.wait_for_url(re.compile(r"run="), timeout=30_000)
+    run_id = re.search(r"run=([\w-]+)", page.url).group(1)
+
+    # live: progress moves, curves are drawn, the confusion matrix appears after an epoch and follows the epochs
+    caption = page.get_by_text(re.compile(r"Validation confusion matrix, epoch \d+"))
+    caption.wait_for(timeout=180_000)
+    first = int(re.search(r"epoch (\d+)", caption.inner_text()).group(1))
+    page.wait_for_function(
+        "n => [...document.querySelectorAll('p')].some(p => (m = p.innerText.match(/confusion matrix, epoch (\\d+)/))"
+        " && +m[1] > n)", arg=first, timeout=120_000)
+    assert page.locator('[data-testid="stVegaLiteChart"]').count() >= 3  # loss, accuracy, confusion
+    expect(page.locator('[data-testid="stProgress"]').last).to_contain_text(re.compile(r"running .* left"))
+    shot(page, "5-train-live")
+
+    # a reload (a new session from the same URL) shows the same live job
+    page.reload()
+    page.get_by_text(re.compile(r"Validation confusion matrix, epoch \d+")).wait_for(timeout=60_000)
+    assert run_id in page.url
+    expect(page.locator('[data-testid="stProgress"]').last).to_contain_text("running")
+    expect(page.locator('[data-testid="stSidebar"]')).to_contain_text("full")  # the new session took the run's settings
+
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("Download the model package (zip)").wait_for(timeout=60_000)
+    expect(page.locator('[data-testid="stProgress"]').last).to_contain_text("stopped")
+    shot(page, "6-train-stopped")
+
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download the model package (zip)").click()
+    package = tmp_path / "package.zip"
+    download.value.save_as(package)
+
+    nav(page, "Results")
+    assert page.locator('[data-testid="stVegaLiteChart"]').count() >= 3
+    shot(page, "7-results")
+    nav(page, "Runs")
+    expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()
+    shot(page, "8-runs")
+
+    images = sorted(data.rglob("*.png"))[::3]
+    assert plain_torch_predictions(package, images) == app_predictions(home / "workspace" / "runs" / run_id, images)
+    with capsys.disabled():
+        print(f"\nscreenshots: {SHOTS}")
+
+
+def plain_torch_predictions(package: Path, images: list[Path]) -> list[str]:
+    """What a user's own script gets, following the package's README with no code from this app."""
+    import timm
+    from safetensors.torch import load
+    from torchvision.transforms import v2
+
+    z = zipfile.ZipFile(package)
+    classes, pre = json.loads(z.read("classes.json")), json.loads(z.read("preprocessing.json"))
+    assert "timm.create_model" in z.read("README.md").decode()
+    model = timm.create_model("efficientnet_lite0", num_classes=len(classes))
+    model.load_state_dict(load(z.read("model.safetensors")))
+    model.eval()
+    tf = v2.Compose([v2.Resize(round(pre["image_size"] / pre["crop_pct"])), v2.CenterCrop(pre["image_size"]),
+                     v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre["mean"], pre["std"])])
+    with torch.no_grad():
+        return [classes[model(tf(Image.open(p).convert("RGB"))[None]).argmax(1).item()] for p in images]
+
+
+def app_predictions(run_dir: Path, images: list[Path]) -> list[str]:
+    """The app's own model and preprocessing, from the run folder the server wrote."""
+    from safetensors.torch import load_file
+
+    from core import backbones, runs
+    from core.augment import eval_transform
+    from core.config import RunConfig
+    from core.images import decode_image
+
+    run = runs.load_run(run_dir)
+    config = RunConfig.from_dict({k: v for k, v in run.config.items() if k != "provenance"})
+    backbone = backbones.get(config.model.backbone)
+    model = backbones.build_model(backbone, len(run.classes), config.model.dropout)
+    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    model.eval()
+    tf = eval_transform(config.augment, backbone.mean, backbone.std)
+    with torch.no_grad():
+        return [run.classes[model(tf(decode_image(p, config.augment.resize_side()))[None]).argmax(1).item()]
+                for p in images]
