@@ -1,4 +1,5 @@
 """Model and Train pages through AppTest: choose a strategy, start a real job, watch it, stop it, reload."""
+import copy
 import io
 import json
 import time
@@ -98,3 +99,36 @@ def test_augmentation_preview_follows_the_settings(app):
     moving = at.get("image")
     assert (len(still), len(moving)) == (4, 20)  # four training pictures; then each five times, augmented
     assert len({m.proto.imgs[0].url for m in moving}) > 4  # the copies differ (the url names the bytes)
+
+
+def test_a_failed_job_shows_a_sentence_and_the_page_stays_usable(app, tmp_path):
+    at = app("pages/train.py")
+    broken = copy.deepcopy(at.session_state["config"])
+    broken.data.source = str(tmp_path / "gone")  # the data vanished between start and the worker
+    run = registry(at).submit(broken)
+    at.query_params["run"] = run
+    poll(at, lambda a: not registry(a).snapshot(run).active)
+    at.run()
+    assert registry(at).snapshot(run).status == "failed"
+    assert any("does not exist" in e.value and "Traceback" not in e.value for e in at.error)
+    at.number_input(key="train-epochs").set_value(1).run()  # still usable: a new run starts and finishes
+    next(b for b in at.button if b.label == "Start training").click().run()
+    again = at.query_params["run"]
+    assert again != run
+    poll(at, lambda a: not registry(a).snapshot(again).active)
+    assert registry(at).snapshot(again).status == "finished"
+
+
+def test_a_second_start_waits_in_the_queue_and_says_so(app):
+    at = app("pages/train.py")
+    at.number_input(key="train-epochs").set_value(200).run()
+    next(b for b in at.button if b.label == "Start training").click().run()
+    first = at.query_params["run"]
+    next(b for b in at.button if b.label == "Start training").click().run()
+    second = at.query_params["run"]
+    assert any("Queued: position 1" in i.value for i in at.info)
+    assert registry(at).snapshot(second).status == "queued"
+    next(b for b in at.button if b.label == "Stop").click().run()  # cancels the queued one: it never starts
+    registry(at).stop(first)
+    poll(at, lambda a: not registry(a).snapshot(first).active, timeout=30)
+    assert registry(at).snapshot(second).status == "stopped" and registry(at).snapshot(second).started_at is None
