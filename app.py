@@ -41,6 +41,7 @@ pages = [
     st.Page("pages/model.py", title="Model", icon=":material/neurology:"),
     st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
     st.Page("pages/results.py", title="Results", icon=":material/insights:"),
+    st.Page("pages/predict.py", title="Predict", icon=":material/image_search:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
 ]
 nav = st.navigation(pages)

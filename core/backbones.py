@@ -36,6 +36,7 @@ class Backbone:
     packaged: Callable[[], Path] | None = None  # a pip package's weights file, its tensors in our order
     published: dict[str, float] | None = None  # metadata where the library has none (the authors' figures)
     fixed_size: bool = False  # the architecture accepts only input_size (ViT)
+    cam_layer: str | None = None  # dotted path of the last (N, C, H, W) feature map before pooling, for Grad-CAM
 
     @property
     def library(self) -> str:
@@ -127,26 +128,29 @@ def _tv(name: str, groups, head: str, **kw) -> Backbone:
 RESNET = (("stem", ("conv1", "bn1")), ("stage 1", ("layer1",)), ("stage 2", ("layer2",)),
           ("stage 3", ("layer3",)), ("stage 4", ("layer4",)), ("head", ("fc",)))
 for _name in ("resnet18", "resnet34", "resnet50"):
-    _tv(_name, RESNET, "fc")
+    _tv(_name, RESNET, "fc", cam_layer="layer4")
 
 # MobileNets: stages end where the resolution halves.
 _tv("mobilenet_v3_small", [("stem", _f(0)), ("stage 1", _f(1)), ("stage 2", _f(range(2, 4))),
                            ("stage 3", _f(range(4, 9))), ("stage 4", _f(range(9, 13))), ("head", ("classifier",))],
-    "classifier.3")
+    "classifier.3", cam_layer="features")
 _tv("mobilenet_v3_large", [("stem", _f(0)), ("stage 1", _f(range(1, 4))), ("stage 2", _f(range(4, 7))),
                            ("stage 3", _f(range(7, 13))), ("stage 4", _f(range(13, 17))), ("head", ("classifier",))],
-    "classifier.3")
+    "classifier.3", cam_layer="features")
 EFFICIENTNET = [("stem", _f(0))] + [(f"stage {i}", _f(i)) for i in range(1, 7)] + [
     ("stage 7", _f(7, 8)), ("head", ("classifier",))]
 for _name in ("efficientnet_b0", "efficientnet_b2"):
-    _tv(_name, EFFICIENTNET, "classifier.1")
+    _tv(_name, EFFICIENTNET, "classifier.1", cam_layer="features")
 _tv("convnext_tiny", [("stem", _f(0)), ("stage 1", _f(1)), ("stage 2", _f(2, 3)), ("stage 3", _f(4, 5)),
-                      ("stage 4", _f(6, 7)), ("head", ("classifier",))], "classifier.2")
+                      ("stage 4", _f(6, 7)), ("head", ("classifier",))], "classifier.2", cam_layer="features")
 _tv("regnet_y_800mf", [("stem", ("stem",))] + [(f"stage {i}", (f"trunk_output.block{i}",)) for i in range(1, 5)]
-    + [("head", ("fc",))], "fc")
+    + [("head", ("fc",))], "fc", cam_layer="trunk_output")
 _tv("densenet121", [("stem", ("features.conv0", "features.norm0"))]
     + [(f"stage {i}", (f"features.denseblock{i}", f"features.transition{i}")) for i in range(1, 4)]
-    + [("stage 4", ("features.denseblock4", "features.norm5")), ("head", ("classifier",))], "classifier")
+    + [("stage 4", ("features.denseblock4", "features.norm5")), ("head", ("classifier",))], "classifier",
+    cam_layer="features")
+# No cam_layer for the transformers: ViT's last stage is a sequence of tokens, and Swin's feature map is
+# channels-last (N, H, W, C), not the (N, C, H, W) map of a convolutional network.
 _tv("vit_b_16", [("stem", ("conv_proj", "class_token", "encoder.pos_embedding"))]
     + [(f"blocks {3 * i + 1}-{3 * i + 3}", tuple(f"encoder.layers.encoder_layer_{j}" for j in range(3 * i, 3 * i + 3))
         + (("encoder.ln",) if i == 3 else ())) for i in range(4)] + [("head", ("heads",))], "heads.head", fixed_size=True)
@@ -176,7 +180,7 @@ TIMM_EFFICIENTNET = [("stem", ("conv_stem", "bn1"))] + [(f"stage {i + 1}", (f"bl
 for _i, (_size, _top1, _gmacs, _mparams, _mb) in enumerate([(224, 75.1, 0.41, 4.7, 18.8), (240, 76.7, 0.63, 5.4, 21.9),
                                                              (260, 77.6, 0.90, 6.1, 24.7)]):
     register(Backbone(f"efficientnet_lite{_i}", _timm(f"tf_efficientnet_lite{_i}"), tuple(TIMM_EFFICIENTNET),
-                      "classifier", input_size=_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                      "classifier", cam_layer="bn2", input_size=_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                       hf_repo=f"timm/tf_efficientnet_lite{_i}.in1k", packaged=_packaged_lite(_i),
                       published={"imagenet_top1": _top1, "gflops": _gmacs, "file_mb": _mb,  # as torchvision: GMACs
                                  "params": _mparams * 1e6}))

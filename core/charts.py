@@ -12,6 +12,8 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
+from .metrics import normalize_rows
+
 SPLITS = ["train", "val", "test"]  # legend and stacking order, so a split keeps its colour across charts
 EPOCH_AXIS = alt.Axis(title="epoch", tickMinStep=1)
 METRIC_TITLES = {"loss": "loss", "acc": "accuracy"}
@@ -76,10 +78,9 @@ def confusion(matrix: list[list[int]], classes: list[str], normalize: bool = Fal
     if len(matrix) != n or any(len(row) != n for row in matrix):
         raise ValueError(f"the matrix must be {n}x{n} for {n} classes")
     cells = []
-    for true, row in zip(classes, matrix):
-        total = sum(row)
-        cells += [{"true": true, "predicted": predicted, "count": count, "share": count / total if total else 0.0}
-                  for predicted, count in zip(classes, row)]
+    for true, row, shares in zip(classes, matrix, normalize_rows(matrix)):
+        cells += [{"true": true, "predicted": predicted, "count": count, "share": share}
+                  for predicted, count, share in zip(classes, row, shares)]
     data = pd.DataFrame(cells, columns=["true", "predicted", "count", "share"])
     field, fmt, title = ("share", ".0%", "row share") if normalize else ("count", "d", "images")
     top = float(data[field].max()) if n else 0.0
@@ -155,3 +156,27 @@ def compare_runs(histories: dict[str, list[dict[str, Any]]], metric: str = "val_
         color=alt.Color("run:N", sort=list(histories), title="run"),
         tooltip=[alt.Tooltip("run:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("value:Q", title=title, format=".4f")],
     ).properties(width="container")
+
+
+def reliability(bins: list[dict[str, Any]]) -> alt.LayerChart:
+    """Accuracy against mean confidence per bin (core.calibration.reliability), over the diagonal of perfect
+    calibration: points below it mean the model is overconfident there. Point size is the bin's image count, as a
+    bin with few images is noise; empty bins have no point to draw and are left out.
+    """
+    data = pd.DataFrame([{key: b[key] for key in ("lo", "hi", "count", "confidence", "accuracy")}
+                         for b in bins if b["count"]],
+                        columns=["lo", "hi", "count", "confidence", "accuracy"])
+    x = alt.X("confidence:Q", title="mean confidence", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format=".0%"))
+    y = alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format=".0%"))
+    diagonal = alt.Chart(pd.DataFrame({"confidence": [0.0, 1.0], "accuracy": [0.0, 1.0]})).mark_line(
+        color="gray", strokeDash=[4, 4]).encode(x=x, y=y)
+    curve = alt.Chart(data).encode(x=x, y=y)
+    line = curve.mark_line()
+    points = curve.mark_circle(opacity=1).encode(
+        size=alt.Size("count:Q", title="images", scale=alt.Scale(zero=False, range=[30, 300])),
+        tooltip=[alt.Tooltip("lo:Q", title="bin from", format=".2f"), alt.Tooltip("hi:Q", title="bin to", format=".2f"),
+                 alt.Tooltip("count:Q", title="images"),
+                 alt.Tooltip("confidence:Q", title="mean confidence", format=".1%"),
+                 alt.Tooltip("accuracy:Q", format=".1%")],
+    )
+    return alt.layer(diagonal, line, points).properties(width="container")

@@ -2,6 +2,9 @@
 
     python -m core inspect DATA [--json]
     python -m core train DATA --out RUN_DIR [--config run.json] [--backbone NAME] [--epochs N] ...
+    python -m core predict RUN_DIR IMAGES... [--csv out.csv] [--top-k 3]
+    python -m core export RUN_DIR --format safetensors|package|torchscript|onnx|card [--out FILE]
+    python -m core evaluate RUN_DIR
 
 Exit codes: 0 done, 2 the data or config cannot be used (one line on stderr says why), 130 interrupted.
 """
@@ -65,6 +68,23 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true", help="print the curve as JSON")
     _config_flags(f)
     f.set_defaults(run=cmd_lr_find)
+
+    r = sub.add_parser("predict", help="classify images with a run's model (the same numbers as the Predict page)")
+    r.add_argument("run_dir", type=Path)
+    r.add_argument("images", type=Path, nargs="+", help="image files or folders (searched recursively)")
+    r.add_argument("--csv", type=Path, help="write file, top-1, confidence and every class probability")
+    r.add_argument("--top-k", type=int, default=3)
+    r.set_defaults(run=cmd_predict)
+
+    e = sub.add_parser("export", help="write a run's model in a deployable format")
+    e.add_argument("run_dir", type=Path)
+    e.add_argument("--format", required=True, choices=sorted(EXPORTS))
+    e.add_argument("--out", type=Path, help="file to write (default: RUN_ID with the format's extension, here)")
+    e.set_defaults(run=cmd_export)
+
+    v = sub.add_parser("evaluate", help="recompute a run's held-out predictions and scores from its weights")
+    v.add_argument("run_dir", type=Path)
+    v.set_defaults(run=cmd_evaluate)
     return p
 
 
@@ -173,6 +193,60 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"  seconds           {sum(r['seconds'] for r in result.history):.1f}")
     print(f"  run folder        {result.run_dir}")
     return 0
+
+
+EXPORTS = {"safetensors": ".safetensors", "package": ".zip", "torchscript": ".torchscript.pt", "onnx": ".onnx",
+           "card": ".md"}
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import Predictor, image_files, predictions_csv, top_k
+
+    predictor = Predictor.load(_run_dir(args.run_dir))
+    names, tensors = [], []
+    for path in image_files(args.images):
+        try:
+            tensors.append(predictor.tensor(path))
+            names.append(str(path))
+        except (ImageError, OSError) as exc:
+            print(f"skipped {path}: {exc}", file=sys.stderr)
+    if not tensors:
+        raise ImageError("no image could be read from what was given")
+    probs = predictor.probabilities(tensors)
+    for name, ranked in zip(names, top_k(probs, predictor.classes, args.top_k)):
+        print(f"{name}\t" + "\t".join(f"{c} {p:.4f}" for c, p in ranked))
+    if args.csv:
+        args.csv.write_text(predictions_csv(names, probs, predictor.classes))
+        print(f"wrote {args.csv}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import export, model_card
+
+    run_dir = _run_dir(args.run_dir)
+    make = {"safetensors": export.weights_bytes, "package": export.package, "torchscript": export.torchscript,
+            "onnx": export.onnx, "card": lambda d: model_card.card(d).encode()}[args.format]
+    out = args.out or Path(run_dir.name + EXPORTS[args.format])
+    out.write_bytes(make(run_dir))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_run
+
+    results = evaluate_run(_run_dir(args.run_dir))
+    for split in ("val", "test"):
+        if r := results.get(split):
+            print(f"{split}: {r['images']} images, acc {r['acc']:.4f}, macro F1 {r['macro_f1']:.4f}, ECE {r['ece']:.4f}")
+    return 0
+
+
+def _run_dir(path: Path) -> Path:
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        raise DataError(f"{path} is not a finished run folder (it needs config.json and model.safetensors)")
+    return path
 
 
 class _Bar:

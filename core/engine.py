@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from . import backbones, features, metrics, runs, strategies
+from . import backbones, evaluation, features, metrics, runs, strategies
 from .augment import eval_transform, train_transform
 from .callbacks import Callback, Callbacks, State, StopTraining
 from .config import RunConfig, workspace_root
@@ -230,6 +230,7 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
         raise
     if best_state is not None:
         model.load_state_dict(best_state)
+        evaluation.after_fit(run_dir, net, {k: v for k, v in loaders.items() if k != "train"}, dataset, device)
     best = state.history[state.best_epoch - 1] if state.best_epoch else {}
     runs.write_status(run_dir, status, message, best_epoch=state.best_epoch)
     cb.on_fit_end(state, status)
@@ -414,7 +415,8 @@ def _write_run_header(config, run_dir, dataset, backbone, weights, device) -> No
         "image_size": config.augment.image_size, "resize": config.augment.resize,
         "crop_pct": config.augment.crop_pct,
         "mean": list(backbone.mean), "std": list(backbone.std), "backbone": backbone.name})
-    for stale in ("metrics.jsonl", "confusion_matrix.json", "model.safetensors", "checkpoint.pt"):
+    for stale in ("metrics.jsonl", "confusion_matrix.json", "model.safetensors", "checkpoint.pt", "results.json",
+                  "predictions.jsonl"):
         (run_dir / stale).unlink(missing_ok=True)  # a fresh run into a used folder starts clean
     runs.write_status(run_dir, "running")
 

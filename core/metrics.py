@@ -34,3 +34,12 @@ def summary(cm: torch.Tensor) -> dict[str, float]:
         "balanced_acc": sum(pc["recall"][i] for i in present) / len(present),
         "macro_f1": sum(pc["f1"][i] for i in present) / len(present),
     }
+
+
+def normalize_rows(cm: torch.Tensor | list[list[int]]) -> list[list[float]]:
+    """Each row as shares of its true class (the diagonal is then recall), so classes of very different sizes
+    read alike; a class with no images keeps a row of 0.0, since NaN would not survive JSON or a chart.
+    """
+    cm = torch.as_tensor(cm, dtype=torch.float64)
+    totals = cm.sum(1, keepdim=True)
+    return torch.where(totals > 0, cm / totals.clamp(min=1), torch.zeros_like(cm)).tolist()

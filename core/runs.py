@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,3 +149,11 @@ def load_run(run_dir: Path) -> RunRecord:
     return RunRecord(run_dir, read_json(run_dir / "config.json", {}), read_json(run_dir / "classes.json", []),
                      read_json(run_dir / "preprocessing.json", {}), read_jsonl(run_dir / "metrics.jsonl"),
                      read_json(run_dir / "status.json", {}), read_json(run_dir / "confusion_matrix.json"))
+
+
+def delete_run(root: Path, run_id: str) -> None:
+    """Remove a run folder; only a plain id under root (find_run), never a path from elsewhere."""
+    run_dir = find_run(root, run_id)
+    if run_dir is None:
+        raise FileNotFoundError(f"There is no run {run_id!r}.")
+    shutil.rmtree(run_dir)

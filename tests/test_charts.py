@@ -206,3 +206,34 @@ def test_compare_runs_one_colour_per_run():
     loss = charts.compare_runs({"a": history(2)}, metric="train_loss")
     assert loss.data["value"].tolist() == pytest.approx([1.0, 0.5])
     assert charts.compare_runs({}).data.empty
+
+
+def test_reliability_plots_accuracy_against_confidence_over_the_diagonal():
+    bins = [{"lo": 0.0, "hi": 0.5, "count": 0, "confidence": None, "accuracy": None},
+            {"lo": 0.5, "hi": 0.75, "count": 3, "confidence": 0.6, "accuracy": 2 / 3},
+            {"lo": 0.75, "hi": 1.0, "count": 5, "confidence": 0.9, "accuracy": 0.6}]
+    chart = charts.reliability(bins)
+    spec = chart.to_dict()
+    assert spec["width"] == "container"
+    assert marks(spec) == ["line", "line", "circle"]
+    (_, diagonal), (_, line), (_, points) = layers(chart)
+    assert diagonal[["confidence", "accuracy"]].values.tolist() == [[0.0, 0.0], [1.0, 1.0]]
+    assert spec["layer"][0]["mark"]["strokeDash"]  # the reference is dashed, apart from the model's line
+    assert line["count"].tolist() == points["count"].tolist() == [3, 5]  # the empty bin is left out
+    assert points["confidence"].tolist() == [0.6, 0.9]
+    assert points["accuracy"].tolist() == pytest.approx([2 / 3, 0.6])
+    for layer in spec["layer"]:
+        enc = layer["encoding"]
+        assert enc["x"]["field"] == "confidence" and enc["x"]["scale"]["domain"] == [0, 1]
+        assert enc["y"]["field"] == "accuracy" and enc["y"]["scale"]["domain"] == [0, 1]
+    dots = spec["layer"][2]["encoding"]
+    assert dots["size"]["field"] == "count"
+    assert {t["field"] for t in dots["tooltip"]} == {"lo", "hi", "count", "confidence", "accuracy"}
+    values = [v for rows in spec["datasets"].values() for v in rows]
+    assert all(v is not None and math.isfinite(v) for row in values for v in row.values())
+
+
+def test_reliability_without_samples_keeps_the_diagonal_only():
+    empty = [{"lo": i / 10, "hi": (i + 1) / 10, "count": 0, "confidence": None, "accuracy": None} for i in range(10)]
+    (_, diagonal), (_, line), (_, points) = layers(charts.reliability(empty))
+    assert len(diagonal) == 2 and line.empty and points.empty

@@ -158,11 +158,30 @@ def test_upload_train_watch_reload_stop_download(server, page, tmp_path, capsys)
     download.value.save_as(package)
 
     nav(page, "Results")
-    assert page.locator('[data-testid="stVegaLiteChart"]').count() >= 3
-    shot(page, "7-results")
+    page.get_by_role("tab", name="Confusion matrix").click()
+    matrix = page.locator('[data-testid="stVegaLiteChart"]').filter(has_text="predicted class")
+    expect(matrix.first).to_be_visible()
+    expect(page.get_by_text(re.compile(r"\d+ images? of \w+ predicted as \w+"))).to_be_visible()
+    gallery = page.locator('[data-testid="stTabs"] [data-testid="stImage"]')
+    expect(gallery.first).to_be_visible()  # the images behind the chosen cell
+    shot(page, "7-results-confusion")
+    page.get_by_role("tab", name="Mistakes").click()
+    expect(page.get_by_text(re.compile(r"misclassified|No held-out image is misclassified")).first).to_be_visible()
+    shot(page, "7-results-mistakes")
+
+    nav(page, "Predict")
+    page.get_by_role("tab", name="Images").click()
+    page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files(
+        [str(p) for p in sorted(data.rglob("*.png"))[:2]])
+    table = page.locator('[data-testid="stDataFrame"]').first
+    expect(table).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("button", name="Download the predictions (CSV)")).to_be_visible()
+    expect(page.locator('[data-testid="stProgress"]').filter(has_text=re.compile(r"(apple|plum) \d+\.\d%")).first
+           ).to_be_visible()
+    shot(page, "7-predict")
     nav(page, "Runs")
     expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()
-    shot(page, "8-runs")
+    shot(page, "8-runs")  # the table is a canvas: its rows and actions are tested through AppTest
 
     images = sorted(data.rglob("*.png"))[::3]
     assert plain_torch_predictions(package, images) == app_predictions(home / "workspace" / "runs" / run_id, images)

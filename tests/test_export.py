@@ -1,20 +1,28 @@
-"""The model package: its README's plain code, run as a user would, predicts what the app's model predicts."""
+"""Exports: the model package's README code, TorchScript and ONNX, each loaded back with plain libraries and
+compared with the run's own model on the same images."""
 import contextlib
+import copy
 import io
+import json
 import os
 import re
+import warnings
 import zipfile
+from pathlib import Path
 
+import onnxruntime
 import pytest
 import torch
 
 from conftest import make_dataset
-from core import backbones
+from core import backbones, export
 from core.augment import eval_transform
 from core.config import AugmentConfig
 from core.engine import fit
 from core.export import package
+from core.export import ExportError, TOLERANCE, onnx, torchscript, verify
 from core.images import decode_image
+from core.predict import Predictor
 from test_engine import small_config
 
 
@@ -53,3 +61,166 @@ def test_readme_code_loads_the_package_and_agrees_with_the_app(tmp_path, workspa
         with torch.no_grad():
             ours = classes[model(tf(decode_image(photo))[None]).argmax(1).item()]
         assert out.getvalue().strip() == ours
+
+
+# TorchScript and ONNX: a real small run (random weights, 32 px), exported, loaded back with the plain libraries
+# (torch.jit.load, onnxruntime) and run on real images of its dataset, preprocessed as the app does.
+
+CLASSES = ["blue", "green", "red"]
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """backbone -> (run folder, data folder); each run trained once for the whole module."""
+    root = tmp_path_factory.mktemp("exports")
+    data = make_dataset(root / "data", {"red": 6, "blue": 6, "green": 6})
+    cache = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FTLAB_HOME", str(root / "workspace"))
+
+        def run(backbone: str):
+            if backbone not in cache:
+                config = small_config(data, epochs=1)
+                config.model.backbone = backbone
+                fit(config, root / backbone)
+                cache[backbone] = root / backbone
+            return cache[backbone], data
+        yield run
+
+
+@pytest.fixture(scope="module")
+def resnet_blobs(made):
+    run, _ = made("resnet18")
+    return {"torchscript": torchscript(run), "onnx": onnx(run)}
+
+
+def real_images(predictor: Predictor, data) -> torch.Tensor:
+    """One image per class from the run's dataset, as the app preprocesses them: (3, 3, S, S)."""
+    return torch.stack([predictor.tensor(data / name / "1.png") for name in CLASSES])
+
+
+def load_torchscript(blob: bytes):
+    files = {"classes.json": "", "preprocessing.json": "", "export.json": ""}
+    with warnings.catch_warnings():  # torch 2.14 marks torch.jit deprecated; loading TorchScript is the point here
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(io.BytesIO(blob), _extra_files=files)
+    return (lambda x: module(x)), {k: json.loads(v) for k, v in files.items()}
+
+
+def load_onnx(blob: bytes):
+    session = onnxruntime.InferenceSession(blob, providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, out.name) == ("images", "logits")
+    assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, 32, 32]  # dynamic batch axis, fixed image
+    meta = session.get_modelmeta().custom_metadata_map
+    return (lambda x: torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])), \
+        {k: json.loads(meta[k]) for k in ("classes", "preprocessing", "export")}
+
+
+LOADERS = {"torchscript": load_torchscript, "onnx": load_onnx}
+
+
+def assert_agrees(run_export, predictor: Predictor, images: torch.Tensor) -> None:
+    """Batch sizes 1 and 3: the same top-1 classes and logits within TOLERANCE of the run's model."""
+    with torch.no_grad():
+        for batch in (images[:1], images[1:2], images):
+            ours, theirs = predictor.model(batch), run_export(batch)
+            assert theirs.shape == ours.shape
+            assert torch.equal(theirs.argmax(1), ours.argmax(1))
+            assert (theirs - ours).abs().max().item() <= TOLERANCE
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_resnet18_export_loads_back_and_agrees_with_the_run(made, resnet_blobs, fmt):
+    run, data = made("resnet18")
+    predictor = Predictor.load(run)
+    run_export, meta = LOADERS[fmt](resnet_blobs[fmt])
+    assert_agrees(run_export, predictor, real_images(predictor, data))
+    # Self-describing: classes in output order, preprocessing as the run folder has it, how it was checked.
+    classes_key, pre_key, about_key = ("classes.json", "preprocessing.json", "export.json") if fmt == "torchscript" \
+        else ("classes", "preprocessing", "export")
+    assert meta[classes_key] == CLASSES
+    assert meta[pre_key] == json.loads((run / "preprocessing.json").read_text())
+    assert meta[pre_key]["image_size"] == 32
+    verified = meta[about_key]["verified"]
+    assert verified["on"] == "images of the run's dataset" and verified["max_abs_logit_diff"] <= TOLERANCE
+    assert meta[about_key]["format"] == fmt
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v3_small", "efficientnet_lite0"])
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_other_families_export(made, backbone, fmt):
+    run, data = made(backbone)
+    predictor = Predictor.load(run)
+    run_export, meta = LOADERS[fmt](export.build_export(run, fmt))
+    assert_agrees(run_export, predictor, real_images(predictor, data))
+    assert meta["classes.json" if fmt == "torchscript" else "classes"] == CLASSES
+
+
+def test_verify_measures_the_difference_and_catches_one_changed_weight(made, resnet_blobs):
+    run, data = made("resnet18")
+    predictor = Predictor.load(run)
+    images = real_images(predictor, data)
+    changed = copy.deepcopy(predictor.model)
+    with torch.no_grad():
+        changed.fc.bias[0] += 0.01
+    for fmt, blob in resnet_blobs.items():
+        run_export = export.runner(fmt, blob)
+        assert verify(run_export, predictor.model, images) <= TOLERANCE
+        assert verify(run_export, changed, images) == pytest.approx(0.01, abs=1e-4)
+    nan = lambda x: torch.full((len(x), 3), float("nan"))  # noqa: E731
+    assert verify(nan, predictor.model, images) == float("inf")
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_an_export_that_differs_from_the_run_is_refused(made, monkeypatch, fmt):
+    """The exporter is handed a model with one weight changed: the check after export must refuse the file."""
+    run, _ = made("resnet18")
+
+    def changed(model):
+        model = copy.deepcopy(model)
+        with torch.no_grad():
+            model.fc.bias[1] -= 0.01
+        return model
+    if fmt == "torchscript":
+        real = torch.jit.trace
+        monkeypatch.setattr(torch.jit, "trace", lambda model, *a, **kw: real(changed(model), *a, **kw))
+    else:
+        real = torch.onnx.export
+        monkeypatch.setattr(torch.onnx, "export", lambda model, *a, **kw: real(changed(model), *a, **kw))
+    with pytest.raises(ExportError, match="differs from the run's model"):
+        export.cached(run, fmt, build=True)
+    assert not export.cached(run, fmt).exists()  # nothing a user could download
+
+
+def test_cached_export_is_built_once_and_dropped_when_the_weights_change(made, tmp_path):
+    run, _ = made("resnet18")
+    copied = copy_run(run, tmp_path / "run")
+    path = export.cached(copied, "torchscript")
+    assert path == copied / "exports" / "model.torchscript.pt" and not path.exists()
+    assert export.cached(copied, "torchscript", build=True) == path
+    assert load_torchscript(path.read_bytes())[1]["classes.json"] == CLASSES
+    os.utime(copied / "model.safetensors", (path.stat().st_mtime + 10,) * 2)  # the run trained on
+    assert not export.cached(copied, "torchscript").exists()
+
+
+def test_a_run_whose_images_are_gone_is_checked_on_random_inputs(made, tmp_path):
+    run, _ = made("resnet18")
+    moved = copy_run(run, tmp_path / "moved")
+    config = json.loads((moved / "config.json").read_text())
+    config["data"]["source"] = str(tmp_path / "gone")
+    config["provenance"]["dataset"]["key"] = "gone"
+    (moved / "config.json").write_text(json.dumps(config))
+    _, meta = load_torchscript(torchscript(moved))
+    assert meta["export.json"]["verified"]["on"].startswith("random inputs")
+    assert export.dataset_images(moved) == []
+    assert len(export.dataset_images(run, 4)) == 4
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    """The run folder's files (not its exports) in a new place, as a user moving a run would have them."""
+    to.mkdir()
+    for f in run.iterdir():
+        if f.is_file():
+            (to / f.name).write_bytes(f.read_bytes())
+    return to
