@@ -7,6 +7,8 @@ RUN_DIR/metrics.jsonl         one JSON object per finished epoch
 RUN_DIR/confusion_matrix.json validation, best epoch, rows = true class
 RUN_DIR/model.safetensors     best weights
 RUN_DIR/status.json           running | finished | stopped | failed, with a message
+RUN_DIR/predictions.jsonl     held-out images with their probabilities, and results.json: see evaluation.py
+RUN_DIR/exports/              TorchScript and ONNX, built and checked on request (export.py)
 """
 from __future__ import annotations
 

@@ -3,10 +3,10 @@ import pandas as pd
 import streamlit as st
 
 from core import charts, evaluation, saliency
-from core.config import workspace_root
-from core.model_card import confusions
 from core.augment import denormalize
+from core.config import workspace_root
 from core.images import ImageError, to_pil
+from core.model_card import confusions
 from core.runs import list_runs, load_run
 from ui import downloads, pick_run, predictor, thumbnail
 
