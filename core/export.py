@@ -64,7 +64,7 @@ from torchvision.transforms import v2
 classes, pre = json.load(open("classes.json")), json.load(open("preprocessing.json"))
 model = {build}
 model.load_state_dict(load_file("model.safetensors")); model.eval()
-tf = v2.Compose([v2.Resize(round(pre["image_size"] / pre["crop_pct"])), v2.CenterCrop(pre["image_size"]), v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre["mean"], pre["std"])])
+tf = v2.Compose([v2.ToImage(), v2.Resize(round(pre["image_size"] / pre["crop_pct"])), v2.CenterCrop(pre["image_size"]), v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre["mean"], pre["std"])])
 print(classes[model(tf(Image.open("photo.jpg").convert("RGB"))[None]).argmax(1).item()])
 ```
 

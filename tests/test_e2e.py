@@ -5,7 +5,6 @@ Screenshots of every page land in test-artifacts/e2e/ (the path is printed) for 
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -184,12 +183,13 @@ def test_upload_train_watch_reload_stop_download(server, page, tmp_path, capsys)
     shot(page, "8-runs")  # the table is a canvas: its rows and actions are tested through AppTest
 
     images = sorted(data.rglob("*.png"))[::3]
-    assert plain_torch_predictions(package, images) == app_predictions(home / "workspace" / "runs" / run_id, images)
+    theirs, ours = plain_torch_predictions(package, images), app_predictions(home / "workspace" / "runs" / run_id, images)
+    assert theirs.argmax(1).tolist() == ours.argmax(1).tolist() and torch.allclose(theirs, ours, atol=1e-4)
     with capsys.disabled():
         print(f"\nscreenshots: {SHOTS}")
 
 
-def plain_torch_predictions(package: Path, images: list[Path]) -> list[str]:
+def plain_torch_predictions(package: Path, images: list[Path]) -> torch.Tensor:
     """What a user's own script gets, following the package's README with no code from this app."""
     import timm
     from safetensors.torch import load
@@ -197,32 +197,20 @@ def plain_torch_predictions(package: Path, images: list[Path]) -> list[str]:
 
     z = zipfile.ZipFile(package)
     classes, pre = json.loads(z.read("classes.json")), json.loads(z.read("preprocessing.json"))
-    assert "timm.create_model" in z.read("README.md").decode()
-    model = timm.create_model("efficientnet_lite0", num_classes=len(classes))
+    assert 'timm.create_model("tf_efficientnet_lite0", num_classes=len(classes))' in z.read("README.md").decode()
+    model = timm.create_model("tf_efficientnet_lite0", num_classes=len(classes))
     model.load_state_dict(load(z.read("model.safetensors")))
     model.eval()
-    tf = v2.Compose([v2.Resize(round(pre["image_size"] / pre["crop_pct"])), v2.CenterCrop(pre["image_size"]),
-                     v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre["mean"], pre["std"])])
+    tf = v2.Compose([v2.ToImage(), v2.Resize(round(pre["image_size"] / pre["crop_pct"])),
+                     v2.CenterCrop(pre["image_size"]), v2.ToDtype(torch.float32, scale=True),
+                     v2.Normalize(pre["mean"], pre["std"])])
     with torch.no_grad():
-        return [classes[model(tf(Image.open(p).convert("RGB"))[None]).argmax(1).item()] for p in images]
+        return torch.cat([model(tf(Image.open(p).convert("RGB"))[None]).softmax(1) for p in images])
 
 
-def app_predictions(run_dir: Path, images: list[Path]) -> list[str]:
-    """The app's own model and preprocessing, from the run folder the server wrote."""
-    from safetensors.torch import load_file
+def app_predictions(run_dir: Path, images: list[Path]) -> torch.Tensor:
+    """The app's own model and preprocessing (what its Predict page uses), from the run folder the server wrote."""
+    from core.predict import Predictor
 
-    from core import backbones, runs
-    from core.augment import eval_transform
-    from core.config import RunConfig
-    from core.images import decode_image
-
-    run = runs.load_run(run_dir)
-    config = RunConfig.from_dict({k: v for k, v in run.config.items() if k != "provenance"})
-    backbone = backbones.get(config.model.backbone)
-    model = backbones.build_model(backbone, len(run.classes), config.model.dropout)
-    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
-    model.eval()
-    tf = eval_transform(config.augment, backbone.mean, backbone.std)
-    with torch.no_grad():
-        return [run.classes[model(tf(decode_image(p, config.augment.resize_side()))[None]).argmax(1).item()]
-                for p in images]
+    predictor = Predictor.load(run_dir)
+    return predictor.probabilities([predictor.tensor(p) for p in images])
