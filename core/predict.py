@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 from torchvision.transforms import v2
@@ -31,7 +32,7 @@ class Predictor:
 
     @classmethod
     def load(cls, run_dir: Path) -> "Predictor":
-        """Raises FileNotFoundError when the run has no weights yet."""
+        """Raises FileNotFoundError when the run has no weights yet, ValueError when they cannot be used."""
         run_dir = Path(run_dir)
         if not (run_dir / "model.safetensors").is_file():
             raise FileNotFoundError(f"{run_dir.name} has no weights yet: they are written when an epoch ends.")
@@ -39,7 +40,11 @@ class Predictor:
         backbone = backbones.get(config.model.backbone)
         classes = runs.read_json(run_dir / "classes.json", [])
         model = backbones.build_model(backbone, len(classes), config.model.dropout)
-        model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+        try:
+            model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+        except (RuntimeError, OSError, SafetensorError) as exc:  # damaged or foreign weights: a sentence
+            raise ValueError(f"The weights of {run_dir.name} cannot be loaded into its {backbone.name}: "
+                             f"{str(exc).splitlines()[0]}") from exc
         model.eval()
         return cls(run_dir, config, backbone, classes, model,
                    eval_transform(config.augment, backbone.mean, backbone.std))

@@ -19,7 +19,11 @@ if not runs:
 chosen = pick_run(runs, "Model (a run)", "predict-run", lambda r: f"{r['backbone']} · val accuracy "
                   + (f"{r['val_acc']:.1%}" if r["val_acc"] is not None else "-"))
 run_id = chosen["id"]
-model = predictor(str(chosen["run_dir"]))
+try:
+    model = predictor(str(chosen["run_dir"]))
+except (ValueError, FileNotFoundError) as exc:
+    st.error(f"{exc} Pick another run.")
+    st.stop()
 st.caption(f"Classes: {', '.join(model.classes)} · input {model.config.augment.image_size} px, "
            f"resize by {model.config.augment.resize}: the same preprocessing as the run's validation.")
 

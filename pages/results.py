@@ -140,6 +140,8 @@ with tabs[2]:
             st.info(str(exc))
         except (ImageError, OSError) as exc:
             st.warning(f"That image can no longer be read: {exc}")
+        except ValueError as exc:  # the run's weights cannot be loaded
+            st.error(str(exc))
 
 with tabs[3]:
     if scores and scores.get("reliability"):

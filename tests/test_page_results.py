@@ -245,3 +245,14 @@ def test_results_builds_checked_torchscript_and_onnx_downloads(home, fetch_downl
     assert torch.allclose(scripted(images), expected, atol=1e-4)
     session = onnxruntime.InferenceSession(fetch_download(buttons["Download ONNX (model.onnx)"]))
     assert torch.allclose(torch.from_numpy(session.run(None, {"images": images.numpy()})[0]), expected, atol=1e-4)
+
+
+def test_predict_page_says_when_a_runs_weights_are_damaged(home, workspace):
+    damaged = workspace / "runs" / "20260105-000000-broken"
+    damaged.mkdir(parents=True)
+    for name in ("config.json", "classes.json", "status.json", "metrics.jsonl"):
+        (damaged / name).write_bytes((run_dir(home, FINISHED) / name).read_bytes())
+    (damaged / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    at = open_page("pages/predict.py", run=damaged.name)
+    assert not at.exception
+    assert any("cannot be loaded" in e.value and "Pick another run" in e.value for e in at.error)
