@@ -195,32 +195,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-PREDICT_CHUNK = 256
 EXPORTS = {"safetensors": ".safetensors", "package": ".zip", "torchscript": ".torchscript.pt", "onnx": ".onnx",
            "card": ".md"}
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import torch
-
     from .predict import Predictor, image_files, predictions_csv, top_k
 
     predictor = Predictor.load(_run_dir(args.run_dir))
-    files = image_files(args.images)
-    names, chunks = [], []
-    for start in range(0, len(files), PREDICT_CHUNK):  # a big folder never sits in memory as one tensor
-        tensors = []
-        for path in files[start:start + PREDICT_CHUNK]:
-            try:
-                tensors.append(predictor.tensor(path))
-                names.append(str(path))
-            except (ImageError, OSError) as exc:
-                print(f"skipped {path}: {exc}", file=sys.stderr)
-        if tensors:
-            chunks.append(predictor.probabilities(tensors))
-    if not chunks:
+    names, skipped, probs = predictor.classify((str(p), p) for p in image_files(args.images))
+    for name, reason in skipped:
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    if not names:
         raise ImageError("no image could be read from what was given")
-    probs = torch.cat(chunks)
     for name, ranked in zip(names, top_k(probs, predictor.classes, args.top_k)):
         print(f"{name}\t" + "\t".join(f"{c} {p:.4f}" for c, p in ranked))
     if args.csv:

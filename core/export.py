@@ -24,7 +24,7 @@ from torch import nn
 
 from . import backbones, runs
 from .config import workspace_root
-from .images import ImageError, Source, is_image_name
+from .images import ImageError, Source
 
 PACKAGE_FILES = ("classes.json", "preprocessing.json", "config.json", "metrics.jsonl", "confusion_matrix.json")
 
@@ -237,27 +237,23 @@ def onnx_session(blob: bytes):
     return ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
 
 
-def onnx_metadata(blob: bytes) -> dict[str, str]:
-    """metadata_props of an ONNX file, as a dict."""
-    import onnx as onnx_lib
-
-    return {p.key: p.value for p in onnx_lib.load_from_string(blob).metadata_props}
-
-
 def dataset_images(run_dir: Path, n: int = VERIFY_IMAGES) -> list[Path]:
     """Up to n image files the run was trained on, spread over its classes (the sorted list, evenly sampled):
     the workspace copy under the run's dataset key, else config.json's data.source when it is a folder."""
+    from .predict import image_files
+    from .sources import DataError, stored
+
     config = runs.read_json(Path(run_dir) / "config.json", {})
-    key = config.get("provenance", {}).get("dataset", {}).get("key")
-    candidates = [workspace_root() / "datasets" / key / "data"] if key and str(key).isalnum() else []
+    candidates = []
+    try:
+        candidates.append(stored(workspace_root(), str(config.get("provenance", {}).get("dataset", {}).get("key"))).data_dir)
+    except DataError:
+        pass
     if source := config.get("data", {}).get("source"):
         candidates.append(Path(source))
     for folder in candidates:
-        if folder.is_dir():
-            files = sorted(p for p in folder.rglob("*") if is_image_name(p.name) and p.is_file()
-                           and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-            if files:
-                return [files[i * len(files) // min(n, len(files))] for i in range(min(n, len(files)))]
+        if folder.is_dir() and (files := image_files([folder])):
+            return [files[i * len(files) // min(n, len(files))] for i in range(min(n, len(files)))]
     return []
 
 

@@ -60,7 +60,7 @@ def extract(model: nn.Module, backbone: Backbone, loader: DataLoader, device: to
             progress: Progress | None = None) -> torch.Tensor:
     """The head group's input for every image the loader yields, in order."""
     (prefix,) = backbone.groups[-1][1]
-    head = model.get_submodule(prefix)
+    head = head_module(model, backbone)
     set_submodule(model, prefix, nn.Identity())
     try:
         model.eval()

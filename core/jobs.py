@@ -44,7 +44,6 @@ class Snapshot:
     messages: tuple[tuple[float, str, str], ...] = ()  # (time, level, text)
     error: str | None = None
     best_epoch: int = 0
-    queued_at: float = 0.0
     started_at: float | None = None
     ended_at: float | None = None
     queue_position: int = 0  # 1 = next to start
@@ -91,7 +90,7 @@ class Job:
         self._info: dict[str, Any] = {}
         self._messages: deque[tuple[float, str, str]] = deque(maxlen=MAX_MESSAGES)
         self._error: str | None = None
-        self._times = {"queued": time.time(), "started": None, "ended": None}
+        self._times: dict[str, float | None] = {"started": None, "ended": None}
 
     def snapshot(self, queue_position: int = 0) -> Snapshot:
         with self._lock:
@@ -104,7 +103,7 @@ class Job:
                 confusion=tuple(tuple(r) for r in self._confusion) if self._confusion else None,
                 classes=tuple(self._info.get("classes", ())), groups=tuple(self._info.get("groups", ())),
                 weights=dict(self._info.get("weights", {})), messages=tuple(self._messages), error=self._error,
-                best_epoch=s.best_epoch, queued_at=self._times["queued"], started_at=self._times["started"],
+                best_epoch=s.best_epoch, started_at=self._times["started"],
                 ended_at=self._times["ended"], queue_position=queue_position,
             )
 
@@ -207,10 +206,6 @@ class JobRegistry:
             self._fit_kwargs[job_id] = fit_kwargs
         self._start_next()
         return job_id
-
-    def get(self, job_id: str) -> Job | None:
-        with self._lock:
-            return self._jobs.get(job_id)
 
     def snapshot(self, job_id: str) -> Snapshot | None:
         with self._lock:

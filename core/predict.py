@@ -7,7 +7,7 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -18,7 +18,7 @@ from torchvision.transforms import v2
 from . import backbones, runs
 from .augment import eval_transform
 from .config import RunConfig
-from .images import IMAGE_EXTENSIONS, Source, decode_image
+from .images import ImageError, Source, decode_image, is_image_name
 
 
 @dataclass
@@ -60,6 +60,27 @@ class Predictor:
                for i in range(0, len(images), batch_size)]
         return torch.cat(out) if out else torch.empty(0, len(self.classes))
 
+    def classify(self, items: Iterable[tuple[str, Source]], chunk: int = 256
+                 ) -> tuple[list[str], list[tuple[str, str]], torch.Tensor]:
+        """(names read, (name, reason) skipped, probabilities), a chunk at a time: a big folder never sits in
+        memory as one tensor. What the Predict page and `python -m core predict` both run."""
+        names: list[str] = []
+        skipped: list[tuple[str, str]] = []
+        parts: list[torch.Tensor] = []
+        batch: list[torch.Tensor] = []
+        for name, source in items:
+            try:
+                batch.append(self.tensor(source))
+                names.append(name)
+            except (ImageError, OSError) as exc:
+                skipped.append((name, str(exc)))
+            if len(batch) == chunk:
+                parts.append(self.probabilities(batch))
+                batch = []
+        if batch:
+            parts.append(self.probabilities(batch))
+        return names, skipped, torch.cat(parts) if parts else torch.empty(0, len(self.classes))
+
 
 def top_k(probs: torch.Tensor, classes: Sequence[str], k: int = 3) -> list[list[tuple[str, float]]]:
     """Per image, the k most likely classes with their probabilities, most likely first."""
@@ -83,7 +104,7 @@ def image_files(paths: Sequence[Path]) -> list[Path]:
     out: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            out += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            out += sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name)
                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
         else:
             out.append(path)

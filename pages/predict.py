@@ -1,10 +1,11 @@
 """Predict: try a trained run on new images, with the run's own preprocessing; download the table as CSV."""
 import pandas as pd
 import streamlit as st
+import torch
 
 from core.augment import denormalize
 from core.config import workspace_root
-from core.images import IMAGE_EXTENSIONS, ImageError, to_pil
+from core.images import IMAGE_EXTENSIONS, to_pil
 from core.predict import predictions_csv, top_k
 from core.runs import list_runs
 from ui import pick_run, predictor
@@ -38,18 +39,29 @@ uploads = (files or []) + (folder or [])
 if not uploads:
     st.stop()
 
-names, tensors = [], []
-for upload in uploads:
-    try:
-        tensors.append(model.tensor(upload.getvalue()))
-        names.append(upload.name)
-    except ImageError as exc:
-        st.warning(f"{upload.name} was skipped: {exc}")
-if not tensors:
+
+def classify(uploads: list) -> tuple[list[str], list[tuple[str, str]], torch.Tensor, list]:
+    """Once per model and set of uploads: moving the slider reruns the page, not the model."""
+    key = (chosen["id"], (chosen["run_dir"] / "model.safetensors").stat().st_mtime, tuple(u.file_id for u in uploads))
+    if (cached := st.session_state.get("predict-cache")) and cached[0] == key:
+        return cached[1]
+    with st.spinner(f"Classifying {len(uploads)} images..."):
+        read, skipped, probs = model.classify((str(i), u.getvalue()) for i, u in enumerate(uploads))
+    read = [uploads[int(i)] for i in read]  # by position: two uploads may share a file name
+    skipped = [(uploads[int(i)].name, reason) for i, reason in skipped]
+    pictures = [to_pil(denormalize(model.tensor(u.getvalue()), model.backbone.mean, model.backbone.std))
+                for u in read[:SHOWN]]
+    result = [u.name for u in read], skipped, probs, pictures
+    st.session_state["predict-cache"] = (key, result)
+    return result
+
+
+names, skipped, probs, pictures = classify(uploads)
+for name, reason in skipped:
+    st.warning(f"{name} was skipped: {reason}")
+if not names:
     st.error("None of the files could be read as an image. Upload JPEG, PNG, TIFF or another common format.")
     st.stop()
-with st.spinner(f"Classifying {len(tensors)} images..."):
-    probs = model.probabilities(tensors)
 
 k = st.slider("Classes shown per image", 1, len(model.classes), min(3, len(model.classes)), key="predict-k")
 ranked = top_k(probs, model.classes, k)
@@ -60,11 +72,11 @@ st.dataframe(table, hide_index=True, width="stretch", key="predict-table",
 st.download_button("Download the predictions (CSV)", predictions_csv(names, probs, model.classes),
                    file_name=f"predictions-{run_id}.csv", mime="text/csv", on_click="ignore", key="predict-csv")
 
-if len(tensors) > SHOWN:
-    st.caption(f"The first {SHOWN} of {len(tensors)} images:")
+if len(names) > SHOWN:
+    st.caption(f"The first {SHOWN} of {len(names)} images:")
 cols = st.columns(4)
-for i, (name, image, r) in enumerate(list(zip(names, tensors, ranked))[:SHOWN]):
+for i, (name, picture, r) in enumerate(zip(names, pictures, ranked)):
     with cols[i % 4]:
-        st.image(to_pil(denormalize(image, model.backbone.mean, model.backbone.std)), caption=name, width="stretch")
+        st.image(picture, caption=name, width="stretch")
         for cls, p in r:
             st.progress(p, text=f"{cls} {p:.1%}")

@@ -84,3 +84,14 @@ def fetch_download(monkeypatch):
                 continue
         raise AssertionError(f"no download registered as {file_id or button.proto.url!r}")
     return fetch
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread; fit() sets the process-wide count, so restore it afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

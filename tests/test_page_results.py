@@ -151,6 +151,10 @@ def test_predict_page_matches_the_cli(home, tmp_path, fetch_download):
     assert not at.exception and any("notes.png was skipped" in w.value for w in at.warning)
     assert list(at.dataframe[0].value["file"]) == list(images)
     page_csv = fetch_download(next(d for d in at.get("download_button") if d.label.startswith("Download the pred")))
+    classified = at.session_state["predict-cache"]
+    at.slider(key="predict-k").set_value(1).run()
+    assert at.session_state["predict-cache"] is classified  # fewer classes shown: the model did not run again
+    assert at.dataframe[0].value["next"].eq("").all()
 
     for name, data in images.items():
         (tmp_path / name).write_bytes(data)

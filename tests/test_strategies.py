@@ -20,13 +20,7 @@ WD = 1e-4
 OTHER = "efficientnet_b0"  # 9 groups, so nothing below may assume resnet's 6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Other processes share the cores; fit() also sets the thread count, so restore it afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 _MODELS: dict[str, nn.Module] = {}
