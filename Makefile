@@ -26,9 +26,11 @@ $(CHROMIUM):
 	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
 test: $(STAMP) $(CHROMIUM)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 test-fast: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -m "not slow"
 
 clean:

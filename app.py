@@ -2,7 +2,7 @@
 import streamlit as st
 
 from core.config import RunConfig, workspace_root
-from core.jobs import JobRegistry
+from core.jobs.registry import JobRegistry
 from core.runs import find_run
 
 st.set_page_config(page_title="Fine-Tune Lab", page_icon=":material/model_training:", layout="wide")
@@ -36,13 +36,13 @@ for name in ("data", "run"):
         st.query_params[name] = st.session_state[f"url-{name}"]
 
 pages = [
-    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/data.py", title="Data", icon=":material/folder:"),
-    st.Page("pages/model.py", title="Model", icon=":material/neurology:"),
-    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-    st.Page("pages/results.py", title="Results", icon=":material/insights:"),
-    st.Page("pages/predict.py", title="Predict", icon=":material/image_search:"),
-    st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
+    st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("views/data.py", title="Data", icon=":material/folder:"),
+    st.Page("views/model.py", title="Model", icon=":material/neurology:"),
+    st.Page("views/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("views/results.py", title="Results", icon=":material/insights:"),
+    st.Page("views/predict.py", title="Predict", icon=":material/image_search:"),
+    st.Page("views/runs.py", title="Runs", icon=":material/history:"),
 ]
 nav = st.navigation(pages)
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 def run(data: Path, backbone: str, fast: bool, epochs: int, size: int, home: Path) -> dict:
     from core.config import RunConfig
-    from core.engine import fit
+    from core.train.engine import fit
 
     os.environ["FTLAB_HOME"] = str(home)
     config = RunConfig()

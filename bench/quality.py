@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.config import RunConfig  # noqa: E402
-from core.engine import fit  # noqa: E402
+from core.train.engine import fit  # noqa: E402
 
 
 def variants(epochs_full: int) -> dict[str, RunConfig]:

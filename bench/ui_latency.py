@@ -37,13 +37,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PAGES = {"Home": "pages/home.py", "Data": "pages/data.py", "Model": "pages/model.py", "Train": "pages/train.py",
-         "Results": "pages/results.py", "Runs": "pages/runs.py"}
+PAGES = {"Home": "views/home.py", "Data": "views/data.py", "Model": "views/model.py", "Train": "views/train.py",
+         "Results": "views/results.py", "Runs": "views/runs.py"}
 
 
 def dataset_key(home: Path) -> str:
-    from core.sample_data import write_sample
-    from core.sources import ingest
+    from core.data.sample_data import write_sample
+    from core.data.sources import ingest
 
     with tempfile.TemporaryDirectory() as tmp:
         return ingest(write_sample(Path(tmp) / "shapes"), home).key
@@ -186,7 +186,7 @@ def main() -> None:
         streamlit.logger.set_log_level("ERROR")  # bare-mode notes before the first run
 
         from core.config import workspace_root
-        from core.validation import open_dataset
+        from core.data.validation import open_dataset
 
         start = time.perf_counter()
         key = dataset_key(workspace_root())

@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .callbacks import Callback, State
-from .config import ConfigError, RunConfig, set_setting, settings, workspace_root
-from .images import ImageError
-from .sources import DataError
-from .validation import load_dataset
-from .weights import WeightsError
+from core.train.callbacks import Callback, State
+from core.config import ConfigError, RunConfig, set_setting, settings, workspace_root
+from core.data.images import ImageError
+from core.data.sources import DataError
+from core.data.validation import load_dataset
+from core.models.weights import WeightsError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, help="file to write (default: RUN_ID with the format's extension, here)")
     e.set_defaults(run=cmd_export)
 
+    k = sub.add_parser("worker", help="run one job of the app in this process (the app's registry starts these)")
+    k.add_argument("job_dir", type=Path, help="a job folder holding job.json")
+    k.set_defaults(run=cmd_worker)
+
     v = sub.add_parser("evaluate", help="recompute a run's held-out predictions and scores from its weights")
     v.add_argument("run_dir", type=Path)
     v.set_defaults(run=cmd_evaluate)
@@ -132,7 +136,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_import_weights(args: argparse.Namespace) -> int:
-    from . import backbones, weights
+    from core.models import backbones
+    from core.models import weights
 
     backbone = backbones.get(args.backbone)
     state = weights.match_state(backbone, weights.read_state_file(args.file))
@@ -143,7 +148,7 @@ def cmd_import_weights(args: argparse.Namespace) -> int:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
-    from .engine import lr_find
+    from core.train.engine import lr_find
 
     config = _config(args)
     if not config.data.source:
@@ -156,7 +161,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine import fit  # torch and the models load only when training
+    from core.jobs.worker import stop_on_signals
+    from core.train.engine import fit  # torch and the models load only when training
 
     if args.resume:
         args.out = args.resume
@@ -175,12 +181,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     for warning in dataset.report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     stop = threading.Event()
-    try:
-        result = fit(config, args.out, [] if args.quiet else [TerminalProgress()], stop, dataset=dataset,
-                     resume=bool(args.resume))
-    except KeyboardInterrupt:
-        stop.set()
-        raise
+    stop_on_signals(stop)  # Ctrl-C stops within one batch and the run stays resumable; a second one at once
+    result = fit(config, args.out, [] if args.quiet else [TerminalProgress()], stop, dataset=dataset,
+                 resume=bool(args.resume))
     best = result.best
     if result.message:
         print(result.message)
@@ -192,7 +195,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"  weights           {source}{' (random initialisation: not pretrained)' if source == 'random' else ''}")
     print(f"  seconds           {sum(r['seconds'] for r in result.history):.1f}")
     print(f"  run folder        {result.run_dir}")
+    if result.status == "stopped":
+        print(f"resume with: python -m core train --resume {result.run_dir}", file=sys.stderr)
+        return 130
     return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from core.jobs.worker import run
+
+    return run(args.job_dir)
 
 
 EXPORTS = {"safetensors": ".safetensors", "package": ".zip", "torchscript": ".torchscript.pt", "onnx": ".onnx",
@@ -200,7 +212,7 @@ EXPORTS = {"safetensors": ".safetensors", "package": ".zip", "torchscript": ".to
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import Predictor, image_files, predictions_csv, top_k
+    from core.evaluate.predict import Predictor, image_files, predictions_csv, top_k
 
     predictor = Predictor.load(_run_dir(args.run_dir))
     names, skipped, probs = predictor.classify((str(p), p) for p in image_files(args.images))
@@ -217,7 +229,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from . import export, model_card
+    from core.deploy import export
+    from core.deploy import model_card
 
     run_dir = _run_dir(args.run_dir)
     make = {"safetensors": export.weights_bytes, "package": export.package, "torchscript": export.torchscript,
@@ -229,7 +242,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_run
+    from core.evaluate.heldout import evaluate_run
 
     results = evaluate_run(_run_dir(args.run_dir))
     for split in ("val", "test"):

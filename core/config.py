@@ -48,8 +48,9 @@ class AugmentConfig:
     erasing: float = 0.0
 
     def resize_side(self) -> int:
-        """The shorter side images are resized to before the centre crop (and at least decoded at)."""
-        return round(self.image_size / self.crop_pct) if self.resize == "crop" else self.image_size
+        """The shorter side images are resized to before the centre crop (and at least decoded at): timm's
+        floor(size / crop_pct), so a timm eval pipeline and preprocessing.json's "resize_side" agree."""
+        return int(self.image_size / self.crop_pct) if self.resize == "crop" else self.image_size  # int: floor, > 0
 
     def is_random(self) -> bool:
         """True when the training pipeline differs from the evaluation one."""
@@ -64,7 +65,7 @@ class ModelConfig:
     backbone: str = "efficientnet_lite0"  # ImageNet weights that install with the app (see README)
     weights: str = "pretrained"  # pretrained (cache, package, download, else random) | random | a file or run folder
     dropout: float = 0.0  # before the new head
-    strategy: str = "linear-probe"  # full | linear-probe | partial | layerwise | gradual
+    strategy: str = "auto"  # auto (linear-probe on pretrained weights, full on random) | full | linear-probe | partial | layerwise | gradual
     freeze_groups: int = 2  # partial: the first k layer groups stay frozen
     lr_decay: float = 0.5  # layerwise: a group's rate is the head's times lr_decay ** depth
     unfreeze_every: int = 1  # gradual: one more group from the top every N epochs

@@ -7,7 +7,7 @@ RUN_DIR/metrics.jsonl         one JSON object per finished epoch
 RUN_DIR/confusion_matrix.json validation, best epoch, rows = true class
 RUN_DIR/model.safetensors     best weights
 RUN_DIR/status.json           running | finished | stopped | failed, with a message
-RUN_DIR/predictions.jsonl     held-out images with their probabilities, and results.json: see evaluation.py
+RUN_DIR/predictions.jsonl     held-out images with their probabilities, and results.json: see evaluate/heldout.py
 RUN_DIR/exports/              TorchScript and ONNX, built and checked on request (export.py)
 """
 from __future__ import annotations
@@ -16,20 +16,43 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import save_file
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once, at import: os.umask only reads by writing
+
+
+@contextmanager
+def replace_atomically(path: Path) -> Iterator[Path]:
+    """A temporary path to write in full, then moved onto `path` in one step: readers never see half a file, and
+    two writers of the same file at the same moment (sessions, threads) each have their own temporary file, so
+    neither clobbers the other's. On an error the temporary file is removed and `path` is left as it was."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes it owner-only; the result is a normal file
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Atomic: readers (the page, another process) never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_finite(obj), indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
+    with replace_atomically(path) as tmp:
+        tmp.write_text(json.dumps(finite(obj), indent=2, ensure_ascii=False))
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -41,14 +64,13 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
     with open(path, "a") as f:
-        f.write(json.dumps(_finite(row)) + "\n")
+        f.write(json.dumps(finite(row)) + "\n")
         f.flush()
 
 
 def rewrite_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(_finite(r)) + "\n" for r in rows))
-    os.replace(tmp, path)
+    with replace_atomically(path) as tmp:
+        tmp.write_text("".join(json.dumps(finite(r)) + "\n" for r in rows))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -64,23 +86,22 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with replace_atomically(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
 
 
 def write_status(run_dir: Path, status: str, message: str = "", **extra: Any) -> None:
     write_json(run_dir / "status.json", {"status": status, "message": message, "time": time.time(), **extra})
 
 
-def _finite(obj: Any) -> Any:
+def finite(obj: Any) -> Any:
     """JSON has no NaN: write null, which every reader understands."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [finite(v) for v in obj]
     return obj
 
 

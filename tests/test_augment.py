@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from core.augment import denormalize, eval_transform, train_transform
+from core.data.augment import denormalize, eval_transform, train_transform
 from core.config import AugmentConfig
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)

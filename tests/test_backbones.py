@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from core import backbones
+from core.models import backbones
 
 NAMES = list(backbones.REGISTRY)
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from core.calibration import expected_calibration_error, reliability
+from core.evaluate.calibration import expected_calibration_error, reliability
 
 # Top-1 confidence and correctness per row:
 #   A 0.95 right (label 0), B 0.92 wrong (label 2), C 0.75 right (label 2), D 0.55 wrong (label 1).

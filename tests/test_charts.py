@@ -5,7 +5,7 @@ import altair as alt
 import pandas as pd
 import pytest
 
-from core import charts
+from ui import charts
 
 CLASSES = ["cat", "dog", "bird"]
 

@@ -8,12 +8,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import make_dataset
-from core import backbones
-from core.callbacks import Callback
+from core.models import backbones
+from core.train.callbacks import Callback
 from core.config import RunConfig
-from core.engine import TrainingDiverged, fit
+from core.train.engine import TrainingDiverged, fit
 from core.runs import read_jsonl
-from core.weights import WeightsError, read_state_file, resolve, torchvision_cache_file
+from core.models.weights import WeightsError, read_state_file, resolve, torchvision_cache_file
 
 
 def small_config(data, **optim) -> RunConfig:
@@ -126,7 +126,7 @@ class Evil:
 def test_a_pickle_with_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"weight": Evil()}, path)
-    with pytest.raises(WeightsError, match="safely"):
+    with pytest.raises(WeightsError, match="contains Python code"):
         read_state_file(path)
 
 
@@ -173,7 +173,7 @@ class Snapshots(Callback):
 
 
 def test_the_best_epoch_is_restored_at_the_end(data, workspace, tmp_path, monkeypatch):
-    import core.engine as engine
+    import core.train.engine as engine
     snaps = Snapshots()
     real_build = engine.backbones.build_model
 
@@ -205,8 +205,8 @@ def test_every_regulariser_at_once_trains_finite(data, workspace, tmp_path):
 
 
 def test_class_weighting_balances_loss_and_batches(tmp_path, workspace):
-    from core.engine import _criterion, _loaders
-    from core.validation import load_dataset
+    from core.train.engine import _criterion, _loaders
+    from core.data.validation import load_dataset
     imbalanced = make_dataset(tmp_path / "imb", {"many": 40, "few": 8})
     config = small_config(imbalanced)
     config.data.val_ratio = 0.0
@@ -220,3 +220,62 @@ def test_class_weighting_balances_loss_and_batches(tmp_path, workspace):
     loader.generator.manual_seed(0)
     labels = torch.cat([t for _, t in loader])
     assert 0.35 < (labels == few).float().mean() < 0.65  # 8 of 48 images, yet about half the draws
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.messages = []
+
+    def on_message(self, text, level="info"):
+        self.messages.append((level, text))
+
+
+def test_auto_strategy_trains_everything_when_the_weights_are_random(data, workspace, tmp_path):
+    config = small_config(data, epochs=1)
+    config.model.strategy = "auto"
+    seen = Recorder()
+    result = fit(config, tmp_path / "run", [seen])
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["model"]["strategy"] == "full" and "random" in saved["provenance"]["strategy"]
+    assert any(level == "warning" and "full fine-tuning" in text for level, text in seen.messages)
+    assert all(p.requires_grad for p in result.model.parameters())
+    explicit = small_config(data, epochs=1)
+    explicit.model.strategy = "linear-probe"  # chosen on purpose: kept, with a warning
+    seen = Recorder()
+    fit(explicit, tmp_path / "probe", [seen])
+    assert json.loads((tmp_path / "probe" / "config.json").read_text())["model"]["strategy"] == "linear-probe"
+    assert any(level == "warning" and "expect low accuracy" in text for level, text in seen.messages)
+
+
+def test_checkpoint_holds_no_second_copy_of_the_best_weights(data, workspace, tmp_path):
+    result = fit(small_config(data, epochs=2), tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert "best_model" not in ckpt and set(ckpt) >= {"model", "optimizer", "epoch", "best_epoch"}
+    best = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert all(torch.equal(best[k], v) for k, v in result.model.state_dict().items())
+
+
+def test_a_failure_after_the_last_epoch_is_recorded_as_failed(data, workspace, tmp_path, monkeypatch):
+    from core.evaluate import heldout
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(heldout, "after_fit", broken)
+    with pytest.raises(RuntimeError):
+        fit(small_config(data, epochs=1), tmp_path / "run")
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "failed" and "disk full" in status["message"]
+
+
+def test_stop_while_features_are_computed_is_a_stop_not_a_failure(data, workspace, tmp_path):
+    stop = threading.Event()
+
+    class StopInFeatures(Callback):
+        def on_batch_end(self, state):
+            if state.phase == "features":
+                stop.set()
+    config = small_config(data, epochs=2)
+    config.model.strategy = "linear-probe"
+    result = fit(config, tmp_path / "run", [StopInFeatures()], stop)
+    assert result.status == "stopped" and result.history == []
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "stopped"

@@ -15,15 +15,17 @@ import pytest
 import torch
 
 from conftest import make_dataset
-from core import backbones, export
-from core.augment import eval_transform
+from core.models import backbones
+from core.deploy import export
+from core.data.augment import eval_transform
 from core.config import AugmentConfig
-from core.engine import fit
-from core.export import package
-from core.export import ExportError, TOLERANCE, onnx, torchscript, verify
-from core.images import decode_image
-from core.predict import Predictor
+from core.train.engine import fit
+from core.deploy.export import package
+from core.deploy.export import ExportError, TOLERANCE, onnx, torchscript, verify
+from core.data.images import decode_image
+from core.evaluate.predict import Predictor
 from test_engine import small_config
+from test_runs import race
 
 
 @pytest.mark.parametrize("backbone, weights, dropout", [("resnet18", "random", 0.3),
@@ -224,3 +226,57 @@ def copy_run(run: Path, to: Path) -> Path:
         if f.is_file():
             (to / f.name).write_bytes(f.read_bytes())
     return to
+
+
+def test_two_sessions_building_the_same_export_at_once_both_get_a_whole_file(tmp_path, monkeypatch):
+    """Two pages clicking "Build" together: each write lands whole and no temporary file is left behind. The
+    build itself is stood in for by fixed bytes (it takes seconds; the write is what is under test here)."""
+    blob = os.urandom(4_000_000)
+    monkeypatch.setattr(export, "build_export", lambda run_dir, fmt: blob)
+    path = tmp_path / "exports" / export.EXPORT_FILES["onnx"]
+
+    def build(i: int) -> None:
+        path.unlink(missing_ok=True)
+        export.cached(tmp_path, "onnx", build=True)
+
+    assert race(100, build, build) == []
+    assert path.read_bytes() == blob and os.listdir(path.parent) == [path.name]
+
+
+def test_resize_side_follows_timms_floor_convention():
+    assert AugmentConfig(image_size=300).resize_side() == 342  # 300 / 0.875 = 342.86; round() would give 343
+    assert AugmentConfig(image_size=224).resize_side() == 256
+    assert AugmentConfig(image_size=300, resize="squash").resize_side() == 300
+
+
+def test_the_package_states_the_resize_side_and_its_readme_resizes_to_it(made, tmp_path):
+    """A run from before preprocessing.json recorded "resize_side", at a size where floor and round differ: the
+    package's preprocessing.json says the number, and the README's code gives exactly the app's input tensor."""
+    run, data = made("resnet18")
+    old = copy_run(run, tmp_path / "old")
+    config = json.loads((old / "config.json").read_text())
+    config["augment"]["image_size"] = 300
+    (old / "config.json").write_text(json.dumps(config))
+    pre = json.loads((old / "preprocessing.json").read_text())
+    pre.pop("resize_side", None)
+    (old / "preprocessing.json").write_text(json.dumps(pre | {"image_size": 300}))
+    folder = tmp_path / "unzipped"
+    zipfile.ZipFile(io.BytesIO(package(old))).extractall(folder)
+    assert json.loads((folder / "preprocessing.json").read_text())["resize_side"] == 342
+    photo = data / "red" / "1.png"
+    (folder / "photo.jpg").write_bytes(photo.read_bytes())
+    code = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S).group(1)
+    namespace: dict = {}
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(code, namespace)
+    finally:
+        os.chdir(cwd)
+    from PIL import Image
+
+    theirs = namespace["tf"](Image.open(photo).convert("RGB"))
+    ours = Predictor.load(old).tensor(photo)
+    assert theirs.shape == ours.shape == (3, 300, 300)
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)

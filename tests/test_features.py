@@ -4,8 +4,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import make_dataset
-from core.callbacks import Callback
-from core.engine import fit
+from core.train.callbacks import Callback
+from core.train.engine import fit
 from test_engine import small_config
 
 

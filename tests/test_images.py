@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -10,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import image_bytes
-from core.images import MAX_PIXELS, ImageError, decode_image, inspect_image, to_pil, to_tensor
+from conftest import ROOT, image_bytes
+from core.data.images import MAX_PIXELS, ImageError, decode_image, inspect_image, to_pil, to_tensor
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
@@ -277,6 +279,7 @@ def test_inspect_reports_16bit_mode(tmp_path):
 
 # --- refusals ------------------------------------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's, then ours refuses
 def test_decompression_bomb_png_is_too_large():
     bomb = png_header_only(10_000, 10_000, rows=10_000)  # a real, complete 100 Mpx image in ~12 KB
     assert len(bomb) < 100_000 and 10_000 * 10_000 > MAX_PIXELS
@@ -299,12 +302,26 @@ def test_max_pixels_argument_below_image_size_is_refused():
         inspect_image(data, max_pixels=100)
 
 
-def test_max_pixels_argument_above_pillows_threshold_is_honoured():
-    """A caller that raises the limit (e.g. for gigapixel scans) must get it, not Pillow's hidden 179 Mpx cap."""
-    from core.images import open_image
+def test_pillows_process_wide_guard_is_left_alone():
+    """Other code in the server process (thumbnails, charts, libraries) keeps Pillow's own bomb protection."""
+    code = ("from PIL import Image; default = Image.MAX_IMAGE_PIXELS; import core.data.images; "
+            "assert Image.MAX_IMAGE_PIXELS == default == 89_478_485, Image.MAX_IMAGE_PIXELS")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485
 
-    img = open_image(png_header_only(20_000, 20_000), max_pixels=500_000_000)
-    assert img.size == (20_000, 20_000)
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow warns over 89 Mpx
+def test_the_limit_is_checked_per_image_and_a_large_allowed_one_still_opens():
+    from core.data.images import open_image
+
+    # Over Pillow's warning threshold but under the caller's limit (and Pillow's hard cap): allowed.
+    img = open_image(png_header_only(10_000, 9_500), max_pixels=100_000_000)
+    assert img.size == (10_000, 9_500)
+    assert decode_image(png_header_only(3_000, 2_000, rows=2_000), max_pixels=6_000_000).shape == (3, 2_000, 3_000)
+    # Over Pillow's hard cap: refused with a sentence, whatever the caller asked for (the global stays).
+    for limit in (MAX_PIXELS, 500_000_000):
+        with pytest.raises(ImageError, match=r"^too large: over the \d+ megapixel limit; downscale it first$"):
+            open_image(png_header_only(20_000, 20_000), max_pixels=limit)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from conftest import make_dataset
-from core.jobs import JobRegistry
+from core.jobs.registry import JobRegistry
 from test_engine import small_config
 
 
@@ -122,3 +122,147 @@ def test_runs_are_listed_from_disk_after_a_restart(registry, data, workspace, tm
     row = rows[0]
     assert row["status"] == "finished" and row["epochs"] == 2 and row["backbone"] == "resnet18"
     assert row["val_acc"] == done.history[done.best_epoch - 1]["val_acc"] and row["weights"] == "random"
+
+
+# --- worker processes -------------------------------------------------------------------------------------
+
+import os
+import signal
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT
+from core.jobs.registry import JobError
+from core.runs import read_json, read_jsonl
+
+
+def timing_free(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_killed_worker_leaves_the_registry_serving_and_resumes_bitwise(registry, data, workspace, num_workers):
+    config = small_config(data, epochs=3)
+    config.augment.hflip, config.augment.color_jitter = 0.5, 0.3  # random augmentation must repeat too
+    config.num_workers = num_workers
+    whole = wait(registry, registry.submit(config), lambda s: not s.active)
+    assert whole.status == "finished"
+
+    job_id = registry.submit(config)
+    live = wait(registry, job_id, lambda s: s.epoch == 2 and s.phase == "train" and s.batch >= 1)
+    os.kill(live.pid, signal.SIGKILL)
+    dead = wait(registry, job_id, lambda s: not s.active, timeout=30)
+    assert dead.status == "failed" and "ended unexpectedly (signal 9)" in dead.error and "out of memory" in dead.error
+    assert read_json(dead.run_dir / "status.json")["status"] == "failed"  # the Runs page offers Resume
+    assert wait(registry, registry.submit(small_config(data, epochs=1)), lambda s: not s.active).status == "finished"
+
+    again = registry.submit(config, resume_dir=dead.run_dir)
+    done = wait(registry, again, lambda s: not s.active)
+    assert done.status == "finished" and [r["epoch"] for r in done.history] == [1, 2, 3]
+    a, b = load_file(str(whole.run_dir / "model.safetensors")), load_file(str(done.run_dir / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert timing_free(read_jsonl(whole.run_dir / "metrics.jsonl")) == timing_free(read_jsonl(done.run_dir / "metrics.jsonl"))
+
+
+def test_a_run_is_the_same_alone_and_beside_another_job_and_the_preview(tmp_path, data, workspace):
+    from core.data.augment import preview
+
+    registry = JobRegistry(tmp_path / "runs", max_running=2, threads=1)
+    config = small_config(data, epochs=3)
+    config.augment.hflip, config.model.dropout = 0.5, 0.2
+    alone = wait(registry, registry.submit(config), lambda s: not s.active)
+    other = small_config(data, epochs=6, lr=0.01)
+    busy = registry.submit(other)
+    wait(registry, busy, lambda s: s.status == "running")
+    beside = registry.submit(config)
+    image = torch.rand(3, 40, 40)
+    while registry.snapshot(beside).active:  # what the Train page's preview does on every rerun, meanwhile
+        preview([image], config.augment, (0.5,) * 3, (0.5,) * 3, copies=3)
+        torch.manual_seed(123)
+    assert registry.snapshot(beside).status == "finished"
+    assert timing_free(read_jsonl(alone.run_dir / "metrics.jsonl")) == \
+        timing_free(read_jsonl(registry.snapshot(beside).run_dir / "metrics.jsonl"))
+    wait(registry, busy, lambda s: not s.active)
+    assert read_json(alone.run_dir / "config.json")["threads"] == 1  # set in the worker, recorded in the run
+
+
+def test_stop_during_feature_extraction_ends_stopped(registry, workspace, tmp_path):
+    data = make_dataset(tmp_path / "big", {"a": 40, "b": 40}, size=(256, 256))
+    config = small_config(data, epochs=3)
+    config.model.backbone, config.model.weights, config.model.strategy = "resnet18", "random", "linear-probe"
+    config.augment.image_size = 224
+    job_id = registry.submit(config)
+    wait(registry, job_id, lambda s: s.phase == "features" and s.batch >= 1)
+    asked = time.time()
+    registry.stop(job_id)
+    done = wait(registry, job_id, lambda s: not s.active, timeout=30)
+    assert time.time() - asked < 5
+    assert done.status == "stopped" and done.error is None
+    assert read_json(done.run_dir / "status.json")["status"] == "stopped"
+
+
+def test_a_worker_that_does_not_stop_is_killed_after_the_grace_period(registry, data, workspace, monkeypatch):
+    monkeypatch.setenv("FTLAB_STOP_GRACE", "1")
+    job_id = registry.submit(small_config(data, epochs=50))
+    live = wait(registry, job_id, lambda s: s.epoch >= 1 and s.batch >= 1)
+    os.kill(live.pid, signal.SIGSTOP)  # hung: it cannot see the stop
+    registry.stop(job_id)
+    done = wait(registry, job_id, lambda s: not s.active, timeout=20)
+    assert done.status == "stopped" and "did not stop within 1 s and was killed" in done.error
+    assert read_json(done.run_dir / "status.json")["status"] == "stopped"
+
+
+def test_a_new_registry_reattaches_to_running_workers(tmp_path, data, workspace):
+    """What a server restart does: the worker outlives the registry that started it."""
+    first = JobRegistry(tmp_path / "runs", threads=1)
+    job_id = first.submit(small_config(data, epochs=40))
+    wait(first, job_id, lambda s: s.epoch >= 2)
+    second = JobRegistry(tmp_path / "runs", threads=1)  # the new server
+    snap = second.snapshot(job_id)
+    assert snap is not None and snap.status == "running" and len(snap.history) >= 1
+    later = wait(second, job_id, lambda s: s.epoch > snap.epoch)
+    assert later.history[: len(snap.history)] == snap.history
+    with pytest.raises(JobError, match="already running"):  # Resume from a second tab
+        second.submit(small_config(data, epochs=40), resume_dir=snap.run_dir)
+    second.stop(job_id)
+    done = wait(second, job_id, lambda s: not s.active, timeout=20)
+    assert done.status == "stopped"
+
+
+def test_the_learning_rate_finder_is_a_job(registry, data, workspace):
+    job_id = registry.lr_find(small_config(data, lr=0.01), steps=20)
+    done = wait(registry, job_id, lambda s: not s.active)
+    assert done.kind == "lr-find" and done.status == "finished" and done.batches == 20 and done.progress == 1.0
+    assert len(done.result["lrs"]) == len(done.result["losses"]) > 0 and done.result["reason"]
+    assert registry.active() == [] and not (registry.runs_root / job_id).exists()  # a sweep is not a run
+    before = torch.get_num_threads()
+    stopped = registry.lr_find(small_config(data), steps=100_000)
+    wait(registry, stopped, lambda s: s.batch >= 2)
+    registry.stop(stopped)
+    assert wait(registry, stopped, lambda s: not s.active, timeout=15).status == "stopped"
+    assert torch.get_num_threads() == before  # nothing of it ran in this process
+
+
+def test_ctrl_c_in_the_cli_stops_cleanly_and_resumes(data, workspace, tmp_path):
+    run = tmp_path / "run"
+    flags = ["--backbone", "resnet18", "--weights", "random", "--strategy", "full", "--image-size", "32",
+             "--batch-size", "8", "--threads", "1", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "core", "train", str(data), "--out", str(run), "--epochs", "100",
+                             *flags], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not read_jsonl(run / "metrics.jsonl") and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    status = read_json(run / "status.json")
+    assert status["status"] == "stopped" and "--resume" in err
+    epochs = len(read_jsonl(run / "metrics.jsonl"))
+    resumed = subprocess.run([sys.executable, "-m", "core", "train", "--resume", str(run), "--epochs",
+                              str(epochs + 1), "--quiet"], cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == list(range(1, epochs + 2))
+    assert read_json(run / "config.json")["optim"]["epochs"] == epochs + 1  # a resume with changed flags says so

@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from conftest import make_dataset
-from core.augment import eval_transform
-from core.config import AugmentConfig
-from core.loaders import ImageDataset, make_loader
-from core.lr_finder import LRFindResult, find_lr
-from core.validation import Sample
+from core.data.augment import eval_transform
+from core.config import AugmentConfig, ModelConfig
+from core.data.loaders import ImageDataset, make_loader
+from core.models import backbones, strategies
+from core.train.lr_finder import LRFindResult, find_lr
+from core.data.validation import Sample
 
 CPU = torch.device("cpu")
 
@@ -93,13 +94,49 @@ def test_model_optimizer_and_mode_are_restored_exactly(loader):
     find_lr(model, nn.CrossEntropyLoss(), optimizer, loader, CPU, start_lr=1e-4, end_lr=1.0, num_steps=30,
             on_step=lambda i, n: modes.append(model.training))
 
-    assert modes and all(modes)  # swept in train mode ...
-    assert not model.training  # ... and handed back in eval mode
+    assert modes and not any(modes)  # swept in the mode the caller set ...
+    assert not model.training  # ... and handed back in it
     assert_same(model.state_dict(), model_before)
     assert_same(optimizer.state_dict(), opt_before)
     assert [g["lr"] for g in optimizer.param_groups] == [0.05]
     for p, g in zip(model.parameters(), grads):
         assert torch.equal(p.grad, g)
+
+
+def test_the_sweep_keeps_the_modes_fit_trains_in(loader):
+    """A frozen group's batch norm must not learn the sweep's batch statistics: the sweep measures fit's training."""
+    b = backbones.get("resnet18")
+    torch.manual_seed(0)
+    model = backbones.build_model(b, 3)
+    c = ModelConfig(strategy="partial", freeze_groups=2)  # stem and stage 1 frozen
+    plan = strategies.trainable_groups(c, len(b.groups))
+    strategies.apply_freeze(model, b, plan)
+    strategies.set_train_mode(model, b, plan, train_frozen_bn=False)
+    modes = {n: m.training for n, m in model.named_modules()}
+    assert not modes["bn1"] and not modes["layer1.0.bn1"] and modes["layer2.0.bn1"]
+    frozen = {n: snapshot(m.state_dict()) for n, m in (("bn1", model.bn1), ("layer1.0.bn1", model.layer1[0].bn1))}
+    trained = snapshot(model.layer2[0].bn1.running_mean)
+    optimizer = torch.optim.AdamW(strategies.param_groups(model, b, c, 1e-3, 1e-4))
+    during = []
+
+    def on_step(i, n):
+        for name, state in frozen.items():
+            assert_same(model.get_submodule(name).state_dict(), state)
+        during.append({n: m.training for n, m in model.named_modules()} == modes)
+
+    find_lr(model, nn.CrossEntropyLoss(), optimizer, loader, CPU, start_lr=1e-5, end_lr=1.0, num_steps=5,
+            on_step=on_step)
+    assert during == [True] * 5
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    assert torch.equal(model.layer2[0].bn1.running_mean, trained)  # the trainable group's statistics put back
+
+
+def test_modes_changed_during_the_sweep_are_put_back(loader):
+    model = small_cnn()
+    model[1].eval()  # a mix, as set_train_mode leaves it
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    find_lr(model, nn.CrossEntropyLoss(), optimizer, loader, CPU, num_steps=3, on_step=lambda i, n: model.train())
+    assert [m.training for m in model] == [True, False, True, True, True, True] and model.training
 
 
 def test_restored_even_when_a_step_raises(loader):

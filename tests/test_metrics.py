@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from core.metrics import confusion_matrix, normalize_rows, per_class, summary
+from core.evaluate.metrics import confusion_matrix, normalize_rows, per_class, summary
 
 
 def test_confusion_rows_are_true_classes():

@@ -14,7 +14,7 @@ def at(workspace, monkeypatch):
     st.cache_resource.clear()
     app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
     app.run()
-    app.switch_page("pages/data.py")
+    app.switch_page("views/data.py")
     app.run()
     assert not app.exception
     return app
@@ -118,6 +118,7 @@ def good(top="set", spec=None):
     ("folder", lambda: folder_upload({"ants": 5, "bees": 5}) + [("photos/bees/bomb.png", png_bomb(), "image/png")],
      {"bees/bomb.png": "too large"}),
 ])
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's notice; the page refuses it
 def test_bad_files_are_skipped_with_a_reason_through_the_page(at, uploader, upload, skipped):
     at.file_uploader(key=uploader).set_value(upload()).run()
     button(at, "Use this folder" if uploader == "folder" else "Use this zip").click().run()

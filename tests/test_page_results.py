@@ -14,8 +14,10 @@ from safetensors.torch import load
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, image_bytes, make_dataset
-from core import evaluation, export, runs
-from core.engine import fit
+from core.evaluate import heldout
+from core.deploy import export
+from core import runs
+from core.train.engine import fit
 from test_engine import small_config
 
 FINISHED, BARELY, CUT = "20260101-000000-aaaaaa", "20260102-000000-bbbbbb", "20260103-000000-cccccc"
@@ -62,10 +64,10 @@ def run_dir(home, run_id):
 
 
 def test_results_summary_and_per_class_table_come_from_the_run(home, fetch_download):
-    at = open_page("pages/results.py", run=FINISHED)
+    at = open_page("views/results.py", run=FINISHED)
     assert at.selectbox(key="results-run").value == FINISHED
     run = runs.load_run(run_dir(home, FINISHED))
-    results, _ = evaluation.read(run.run_dir)
+    results, _ = heldout.read(run.run_dir)
     shown = metrics(at)
     assert shown["Best epoch"] == f"{run.best_epoch} of 2"
     assert shown["Validation accuracy"] == f"{run.best['val_acc']:.1%}"
@@ -87,8 +89,8 @@ def test_results_summary_and_per_class_table_come_from_the_run(home, fetch_downl
 
 
 def test_confusion_cells_mistakes_saliency_and_calibration(home):
-    at = open_page("pages/results.py", run=BARELY)
-    results, predictions = evaluation.read(run_dir(home, BARELY))
+    at = open_page("views/results.py", run=BARELY)
+    results, predictions = heldout.read(run_dir(home, BARELY))
     matrix = results["val"]["confusion"]
     counts = at.get("vega_lite_chart")[0].proto.spec
     at.toggle(key="results-normalise").set_value(True).run()
@@ -98,7 +100,7 @@ def test_confusion_cells_mistakes_saliency_and_calibration(home):
         at.selectbox(key="results-cell-pred").set_value(pred).run()
         assert any(c.value.startswith(f"{matrix[true][pred]} image") and " predicted as " in c.value
                    for c in at.caption)
-    wrong = evaluation.mistakes(predictions)
+    wrong = heldout.mistakes(predictions)
     assert wrong and sum(matrix[i][j] for i in range(3) for j in range(3) if i != j) == len(wrong)
     assert any(f"{len(wrong)} misclassified" in c.value for c in at.caption)
     assert [w["confidence"] for w in wrong] == sorted((w["confidence"] for w in wrong), reverse=True)
@@ -111,15 +113,15 @@ def test_confusion_cells_mistakes_saliency_and_calibration(home):
 def test_a_run_without_evaluation_can_be_evaluated_and_gets_the_same_numbers(home, tmp_path):
     """The page's recomputation decodes each image itself; training evaluated through its loaders: same result."""
     run = run_dir(home, FINISHED)
-    before, rows_before = evaluation.read(run)
+    before, rows_before = heldout.read(run)
     for name in ("results.json", "predictions.jsonl"):
         (tmp_path / name).write_bytes((run / name).read_bytes())
         (run / name).unlink()
     try:
-        at = open_page("pages/results.py", run=FINISHED)
+        at = open_page("views/results.py", run=FINISHED)
         next(b for b in at.button if b.key == "results-evaluate").click().run()
         assert not at.exception
-        after, rows_after = evaluation.read(run)
+        after, rows_after = heldout.read(run)
         assert after["val"]["confusion"] == before["val"]["confusion"]
         assert all(abs(a - b) < 1e-4 for ra, rb in zip(rows_after, rows_before) for a, b in zip(ra["probs"], rb["probs"]))
     finally:
@@ -128,7 +130,7 @@ def test_a_run_without_evaluation_can_be_evaluated_and_gets_the_same_numbers(hom
 
 
 def test_results_compares_runs_and_switches_run(home):
-    at = open_page("pages/results.py")
+    at = open_page("views/results.py")
     assert at.selectbox(key="results-run").value == CUT  # newest first
     at.selectbox(key="results-run").set_value(FINISHED).run()
     assert at.query_params["run"] == FINISHED  # the URL follows the choice
@@ -138,14 +140,14 @@ def test_results_compares_runs_and_switches_run(home):
 
 
 def test_results_page_with_no_runs_says_so(workspace):
-    at = open_page("pages/results.py")
+    at = open_page("views/results.py")
     assert any("No runs yet" in i.value for i in at.info)
 
 
 def test_predict_page_matches_the_cli(home, tmp_path, fetch_download):
     images = {f"{name}.png": image_bytes(colour, seed=7) for name, colour in
               (("reddish", (220, 40, 40)), ("bluish", (40, 60, 220)), ("greenish", (40, 200, 60)))}
-    at = open_page("pages/predict.py", run=FINISHED)
+    at = open_page("views/predict.py", run=FINISHED)
     at.file_uploader(key="predict-files").set_value(
         [(n, b, "image/png") for n, b in images.items()] + [("notes.png", b"not a picture", "image/png")]).run()
     assert not at.exception and any("notes.png was skipped" in w.value for w in at.warning)
@@ -168,7 +170,7 @@ def test_predict_page_matches_the_cli(home, tmp_path, fetch_download):
 
 
 def test_runs_page_filters_and_marks_the_cut_off_run(home):
-    at = open_page("pages/runs.py")
+    at = open_page("views/runs.py")
     table = at.dataframe(key="runs-table").value
     assert list(table["run"]) == [CUT, BARELY, FINISHED]
     status = dict(zip(table["run"], table["status"]))
@@ -187,7 +189,7 @@ def select(at, rows):
 
 
 def test_runs_page_compares_and_repeats(home):
-    at = open_page("pages/runs.py")
+    at = open_page("views/runs.py")
     select(at, [1, 2])
     assert len(at.get("vega_lite_chart")) == 1
     select(at, [2])  # FINISHED
@@ -202,7 +204,7 @@ def test_runs_page_deletes_after_confirmation(workspace, tmp_path):
     data = make_dataset(tmp_path / "data", {"red": 6, "blue": 6})
     for name in ("20260101-000000-keep01", "20260102-000000-gone01"):
         fit(small_config(data, epochs=1), workspace / "runs" / name)
-    at = open_page("pages/runs.py")
+    at = open_page("views/runs.py")
     select(at, [0])
     at.toggle(key="runs-delete-armed").set_value(True).run()
     assert (workspace / "runs" / "20260102-000000-gone01").is_dir()  # armed, not yet confirmed
@@ -220,7 +222,7 @@ def test_runs_page_resumes_a_cut_off_run(workspace, tmp_path):
     config["optim"]["epochs"] = 2  # it had been asked for two; the server died after the first
     runs.write_json(cut / "config.json", config)
     runs.write_status(cut, "running", best_epoch=1)
-    at = open_page("pages/runs.py")
+    at = open_page("views/runs.py")
     select(at, [0])
     next(b for b in at.button if b.key == "runs-resume").click().run()
     assert not at.exception and at.query_params["run"] == cut.name
@@ -233,15 +235,15 @@ def test_runs_page_resumes_a_cut_off_run(workspace, tmp_path):
 
 
 def test_results_builds_checked_torchscript_and_onnx_downloads(home, fetch_download):
-    from core.predict import Predictor
+    from core.evaluate.predict import Predictor
 
-    at = open_page("pages/results.py", run=BARELY)
+    at = open_page("views/results.py", run=BARELY)
     for fmt in ("torchscript", "onnx"):
         next(b for b in at.button if b.key == f"build-{fmt}").click().run()
         assert not at.exception and not at.error
     buttons = {b.label: b for b in at.get("download_button")}
     predictor = Predictor.load(run_dir(home, BARELY))
-    results, rows = evaluation.read(predictor.run_dir)
+    results, rows = heldout.read(predictor.run_dir)
     images = torch.stack([predictor.tensor(f"{results['data_dir']}/{r['path']}") for r in rows[:4]])
     with torch.no_grad():
         expected = predictor.model(images)
@@ -257,6 +259,6 @@ def test_predict_page_says_when_a_runs_weights_are_damaged(home, workspace):
     for name in ("config.json", "classes.json", "status.json", "metrics.jsonl"):
         (damaged / name).write_bytes((run_dir(home, FINISHED) / name).read_bytes())
     (damaged / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
-    at = open_page("pages/predict.py", run=damaged.name)
+    at = open_page("views/predict.py", run=damaged.name)
     assert not at.exception
     assert any("cannot be loaded" in e.value and "Pick another run" in e.value for e in at.error)

@@ -10,8 +10,8 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, make_dataset
-from core import export
-from core.sources import ingest
+from core.deploy import export
+from core.data.sources import ingest
 
 
 @pytest.fixture
@@ -49,18 +49,8 @@ def registry(at):
     return at.session_state["registry"]
 
 
-def test_model_page_counts_trainable_parameters_per_strategy(app):
-    at = app("pages/model.py")
-    at.radio[0].set_value("linear-probe").run()
-    probe = int(next(m for m in at.metric if m.label == "Trainable parameters").value.replace(",", ""))
-    at.radio[0].set_value("full").run()
-    full = int(next(m for m in at.metric if m.label == "Trainable parameters").value.replace(",", ""))
-    assert probe == 512 * 1000 + 1000 and full > 11_000_000  # resnet18: the head alone, then everything
-    assert at.session_state["config"].model.strategy == "full"
-
-
 def test_start_watch_and_reload(app, fetch_download):
-    at = app("pages/train.py")
+    at = app("views/train.py")
     at.number_input(key="train-epochs").set_value(2).run()
     next(b for b in at.button if b.label == "Start training").click().run()
     run = at.query_params["run"]
@@ -75,12 +65,12 @@ def test_start_watch_and_reload(app, fetch_download):
     assert json.loads(files.read("classes.json")) == list(snap.classes)
     assert files.read("model.safetensors") == export.weights_bytes(snap.run_dir)
     # a reload (a new session with the same URL) shows the same job
-    again = app("pages/train.py", run=run)
+    again = app("views/train.py", run=run)
     assert again.get("vega_lite_chart") and "finished" in again.get("progress")[0].proto.text
 
 
 def test_stop_button_stops_the_job(app):
-    at = app("pages/train.py")
+    at = app("views/train.py")
     at.number_input(key="train-epochs").set_value(200).run()
     next(b for b in at.button if b.label == "Start training").click().run()
     run = at.query_params["run"]
@@ -91,7 +81,7 @@ def test_stop_button_stops_the_job(app):
 
 
 def test_augmentation_preview_follows_the_settings(app):
-    at = app("pages/train.py")
+    at = app("views/train.py")
     still = at.get("image")
     at.slider(key="train-horizontal-flip-probability").set_value(0.5).run()
     at.slider(key="train-rotation-degrees").set_value(30.0).run()
@@ -102,7 +92,7 @@ def test_augmentation_preview_follows_the_settings(app):
 
 
 def test_a_failed_job_shows_a_sentence_and_the_page_stays_usable(app, tmp_path):
-    at = app("pages/train.py")
+    at = app("views/train.py")
     broken = copy.deepcopy(at.session_state["config"])
     broken.data.source = str(tmp_path / "gone")  # the data vanished between start and the worker
     run = registry(at).submit(broken)
@@ -120,7 +110,7 @@ def test_a_failed_job_shows_a_sentence_and_the_page_stays_usable(app, tmp_path):
 
 
 def test_a_second_start_waits_in_the_queue_and_says_so(app):
-    at = app("pages/train.py")
+    at = app("views/train.py")
     at.number_input(key="train-epochs").set_value(200).run()
     next(b for b in at.button if b.label == "Start training").click().run()
     first = at.query_params["run"]

@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from conftest import COLOURS, image_bytes, make_dataset
-from core import evaluation, model_card, runs
-from core.engine import fit
-from core.images import ImageError
-from core.predict import Predictor, image_files, predictions_csv, top_k
+from core.evaluate import heldout
+from core.deploy import model_card
+from core import runs
+from core.train.engine import fit
+from core.data.images import ImageError
+from core.evaluate.predict import Predictor, image_files, predictions_csv, top_k
 from test_cli import cli
 from test_engine import small_config
 
@@ -28,7 +30,7 @@ def run(tmp_path_factory):
 
 def test_predictor_repeats_validation_exactly(run):
     """The loop's probabilities (written when training ended) equal the Predictor's on the same files."""
-    results, rows = evaluation.read(run)
+    results, rows = heldout.read(run)
     predictor = Predictor.load(run)
     assert predictor.config.augment.resize == "pad" and predictor.classes == ["blue", "green", "red"]  # sorted by name
     probs = predictor.probabilities([predictor.tensor(f"{results['data_dir']}/{r['path']}") for r in rows])
@@ -69,10 +71,10 @@ def test_mistakes_and_cells_from_hand_made_predictions():
             {"split": "val", "path": "2", "label": 0, "probs": [0.4, 0.6]},  # wrong, 0.6
             {"split": "val", "path": "3", "label": 1, "probs": [0.1, 0.9]},  # right
             {"split": "test", "path": "4", "label": 1, "probs": [0.95, 0.05]}]  # wrong, but test
-    assert [r["path"] for r in evaluation.mistakes(rows)] == ["1", "2"]
-    assert [r["path"] for r in evaluation.mistakes(rows, "test")] == ["4"]
-    assert [r["path"] for r in evaluation.cell(rows, 0, 1)] == ["1", "2"]
-    assert [r["path"] for r in evaluation.cell(rows, 1, 1)] == ["3"] and evaluation.cell(rows, 1, 0) == []
+    assert [r["path"] for r in heldout.mistakes(rows)] == ["1", "2"]
+    assert [r["path"] for r in heldout.mistakes(rows, "test")] == ["4"]
+    assert [r["path"] for r in heldout.cell(rows, 0, 1)] == ["1", "2"]
+    assert [r["path"] for r in heldout.cell(rows, 1, 1)] == ["3"] and heldout.cell(rows, 1, 0) == []
 
 
 def test_model_card_names_the_data_the_training_and_the_weaknesses(run):
@@ -81,7 +83,7 @@ def test_model_card_names_the_data_the_training_and_the_weaknesses(run):
     splits = config["provenance"]["dataset"]["splits"]
     assert f"| red | {splits['train']['red']} | {splits['val']['red']} | {splits['test']['red']} |" in text
     assert "random initialisation" in text and "resnet18" in text and "## Intended use" in text
-    results, _ = evaluation.read(run)
+    results, _ = heldout.read(run)
     assert f"accuracy {results['val']['acc']:.1%}" in text
     assert model_card.confusions([[5, 3, 0], [0, 4, 0], [1, 1, 8]], ["a", "b", "c"]) == [
         ("a", "b", 3, 3 / 8), ("c", "a", 1, 0.1), ("c", "b", 1, 0.1)]

@@ -4,11 +4,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import backbones, features
-from core.augment import eval_transform
+from core.models import backbones
+from core.train import features
+from core.data.augment import eval_transform
 from core.config import AugmentConfig, RunConfig
-from core.images import decode_image
-from core.weights import WeightsError, map_in_order, resolve, sha256_file
+from core.data.images import decode_image
+from core.models.weights import WeightsError, map_in_order, resolve, sha256_file
 
 LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 ANT, BEE = 310, 309  # ImageNet class indices

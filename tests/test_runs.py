@@ -1,4 +1,7 @@
 """Run folders as the pages find them: ids from a URL never reach outside the runs folder."""
+import os
+import threading
+
 import pytest
 
 from core import runs
@@ -28,3 +31,45 @@ def test_load_run_reads_a_run_in_progress(tmp_path):
     assert run.weights_source == "random" and run.confusion is None and run.classes == []
     with pytest.raises(FileNotFoundError):
         runs.load_run(tmp_path)
+
+
+def race(n: int, *writers) -> list[BaseException]:
+    """Run each writer n times in its own thread, all starting together; the exceptions they raised."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(writers))
+
+    def loop(write):
+        start.wait()
+        for i in range(n):
+            try:
+                write(i)
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+    threads = [threading.Thread(target=loop, args=(w,)) for w in writers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_two_writers_of_the_same_json_never_clobber_each_other(tmp_path):
+    """Two sessions writing one file at the same moment: each write lands whole, and no temporary file is left."""
+    path = tmp_path / "status.json"
+    a, b = {"writer": "a", "pad": "x" * 200_000}, {"writer": "b", "pad": "y" * 300_000}
+    errors = race(200, lambda i: runs.write_json(path, a), lambda i: runs.write_json(path, b))
+    assert errors == []
+    assert runs.read_json(path) in (a, b)
+    assert os.listdir(tmp_path) == ["status.json"]
+
+
+def test_replace_atomically_leaves_the_old_file_and_no_temporary_on_error(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_text("old")
+    with pytest.raises(RuntimeError):
+        with runs.replace_atomically(path) as tmp:
+            assert tmp.parent == tmp_path and tmp != path
+            tmp.write_text("half")
+            raise RuntimeError("the writer failed")
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["model.safetensors"]

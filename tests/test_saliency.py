@@ -1,11 +1,14 @@
 """Grad-CAM: a map for every convolutional backbone, a plain refusal for the others, and the map points where the
 evidence is."""
+import threading
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from core import backbones, saliency
+from core.models import backbones
+from core.evaluate import saliency
 
 NAMES = list(backbones.REGISTRY)
 
@@ -101,3 +104,42 @@ def test_overlay_colours_the_hot_half_warm_and_keeps_the_picture_size():
     assert left[..., 0].min() > right[..., 0].max()  # red where the evidence is
     assert right[..., 2].min() > left[..., 2].max()  # blue where there is none
     assert not np.array_equal(pixels, np.asarray(grey.convert("RGB")))
+
+
+def test_grad_cam_and_predictions_on_the_same_model_at_once_both_come_out_right():
+    """The server shares one model per run: one session's Grad-CAM while another predicts with that same model
+    object must change neither result."""
+    b, model = opposite_classes("resnet18")
+    model.eval()
+    images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected_probs = model(images).softmax(1)
+    expected_cam = saliency.grad_cam(model, b, images[0], 1)
+    cams, probs, errors = [], [], []
+    start = threading.Barrier(2)
+
+    def explain():
+        start.wait()
+        for _ in range(30):
+            try:
+                cams.append(saliency.grad_cam(model, b, images[0], 1))
+            except Exception as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+    def predict():
+        start.wait()
+        for _ in range(60):
+            with torch.no_grad():
+                probs.append(model(images).softmax(1))
+
+    threads = [threading.Thread(target=explain), threading.Thread(target=predict)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(cams) == 30 and len(probs) == 60
+    for cam in cams:
+        torch.testing.assert_close(cam, expected_cam, atol=1e-6, rtol=0)
+    for p in probs:
+        torch.testing.assert_close(p, expected_probs, atol=1e-6, rtol=0)
+    assert len(model.layer4._forward_hooks) == 0 and not model.training

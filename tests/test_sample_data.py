@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 
 from core.config import RunConfig
-from core.engine import fit
-from core.sample_data import CLASSES, SAMPLE_NAME, describe, write_sample
-from core.validation import load_dataset
+from core.train.engine import fit
+from core.data.sample_data import CLASSES, SAMPLE_NAME, describe, write_sample
+from core.data.validation import load_dataset
 
 
 def hashes(folder: Path) -> dict[str, str]:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from core.config import OptimConfig
-from core.schedules import make_scheduler
+from core.train.schedules import make_scheduler
 
 
 def run(schedule, epochs=6, steps=10, metric=None, **kw):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import image_bytes, make_dataset
-from core.sources import DataError, Limits, ingest, is_litter, safe_parts
+from core.data.sources import DataError, Limits, ingest, is_litter, safe_parts
 
 PNG_A = image_bytes((220, 40, 40), seed=1)
 PNG_B = image_bytes((40, 60, 220), seed=2)
@@ -125,6 +125,53 @@ def test_browser_upload_strips_enclosing_folder(workspace, two_class_folder):
     assert "photos" not in {p.name for p in result.data_dir.iterdir()}
     assert set(result.files) == {f"{c}/{i}.png" for c in ("cat", "dog") for i in range(12)}
     assert result.key == ingest(two_class_folder, workspace).key
+
+
+class Uploaded(io.BytesIO):
+    """What Streamlit hands a page (a BytesIO with a name); copying it out whole is what the app must not do with
+    a large upload, so that fails here."""
+
+    def __init__(self, data: bytes, name: str = "upload"):
+        super().__init__(data)
+        self.name = name
+
+    def getvalue(self):
+        raise AssertionError("the upload was copied whole with getvalue()")
+
+
+class Streamed(Uploaded):
+    """An uploaded image file: read a bounded chunk at a time, never whole."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        assert size is not None and 0 <= size <= 1 << 20, f"read({size}): the upload was read whole"
+        return super().read(size)
+
+
+def test_uploaded_file_objects_are_ingested_in_chunks(workspace, two_class_folder):
+    uploads = [Streamed(data, f"photos/{rel}") for rel, data in folder_as_entries(two_class_folder).items()]
+    uploads.append(Streamed(PNG_A, "../evil.png"))
+    result = ingest([(u.name, u) for u in uploads], workspace)
+    assert result.key == ingest(two_class_folder, workspace).key
+    for rel in result.files:
+        assert (result.data_dir / rel).read_bytes() == (two_class_folder / rel).read_bytes()
+    assert [r.path for r in result.refused] == ["../evil.png"]
+    assert not any(u.closed for u in uploads)  # the page still owns them
+
+
+def test_uploaded_file_object_over_the_per_file_limit_is_refused(workspace):
+    big = Streamed(b"x" * 3000, "cat/big.png")
+    with pytest.raises(DataError, match="per-file limit"):
+        ingest([("cat/big.png", big), ("dog/1.png", Streamed(PNG_B))], workspace, Limits(max_file_bytes=2000))
+    assert not (workspace / "datasets").exists() or dataset_dirs(workspace) == []
+
+
+def test_uploaded_zip_file_object_is_ingested(workspace, two_class_folder):
+    upload = Uploaded(zip_bytes(folder_as_entries(two_class_folder, "my photos/")), "set.zip")
+    result = ingest(upload, workspace)
+    assert result.key == ingest(two_class_folder, workspace).key and not upload.closed
+    bomb = Uploaded(zip_bytes({"cat/1.png": PNG_A, "dog/1.png": b"\0" * 5000}), "bomb.zip")
+    with pytest.raises(DataError, match="unpack to"):
+        ingest(bomb, workspace, Limits(max_total_bytes=4000))
 
 
 def test_upload_with_two_enclosing_folders_strips_both(workspace):
@@ -413,7 +460,7 @@ def test_is_litter(parts, litter):
 
 
 def test_server_folder_stays_under_its_root(tmp_path):
-    from core.sources import server_folder
+    from core.data.sources import server_folder
     root = tmp_path / "srv"
     (root / "proj" / "imgs").mkdir(parents=True)
     (tmp_path / "secret").mkdir()
@@ -425,7 +472,7 @@ def test_server_folder_stays_under_its_root(tmp_path):
 
 
 def test_a_stored_dataset_reopens_by_key(two_class_folder, workspace):
-    from core.sources import stored
+    from core.data.sources import stored
     first = ingest(two_class_folder, workspace)
     again = stored(workspace, first.key)
     assert again.key == first.key and again.files == first.files

@@ -8,12 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
+from torchvision.ops import StochasticDepth
 
 from conftest import make_dataset
-from core import backbones, strategies
-from core.callbacks import Callback
+from core.models import backbones
+from core.models import strategies
+from core.train.callbacks import Callback
 from core.config import ModelConfig, RunConfig
-from core.engine import fit
+from core.train.engine import fit
 
 BASE_LR = 1e-2
 WD = 1e-4
@@ -193,6 +195,26 @@ def test_param_groups_rates_and_decay(name, strategy, kw):
     assert {g["weight_decay"] for g in head_groups} == {0.0, WD}
 
 
+@pytest.mark.parametrize("name", ["vit_b_16", "swin_t"])
+def test_position_embeddings_and_class_token_get_no_weight_decay(name):
+    """As torchvision's training reference: decay would pull these tables towards zero, as with norms and biases."""
+    b, model = model_for(name)
+    groups = strategies.param_groups(model, b, cfg("full"), base_lr=BASE_LR, weight_decay=WD)
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    decay = {by_id[id(p)]: g["weight_decay"] for g in groups for p in g["params"]}
+    assert decay.keys() == set(by_id.values())
+    if name == "vit_b_16":
+        exempt = {"class_token", "encoder.pos_embedding"}
+    else:
+        exempt = {n for n in decay if n.endswith(".relative_position_bias_table")}
+        assert len(exempt) == 2 + 2 + 6 + 2  # one table per swin_t block
+    assert all(model.get_parameter(n).ndim > 1 for n in exempt)  # the ndim rule alone would decay them
+    for n, wd in decay.items():
+        p = model.get_parameter(n)
+        assert wd == (0.0 if n in exempt or p.ndim <= 1 else WD), n
+    assert decay["head.weight" if name == "swin_t" else "heads.head.weight"] == WD
+
+
 def test_layerwise_rates_by_hand():
     b, model = model_for("resnet18")
     groups = strategies.param_groups(model, b, cfg("layerwise", lr_decay=0.5), BASE_LR, WD)
@@ -218,32 +240,58 @@ def batch_norms(model):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-@pytest.mark.parametrize("name", ["resnet18", OTHER])
-def test_set_train_mode_freezes_batch_norm_of_frozen_groups(name):
+def frozen_modules(b, model, plan) -> set[str]:
+    """Names of the modules inside a frozen layer group (containers spanning several groups are in none)."""
+    return {n for n, _ in model.named_modules()
+            if any(backbones.in_group(n, prefixes) and not t for (_, prefixes), t in zip(b.groups, plan))}
+
+
+@pytest.mark.parametrize("name", ["resnet18", OTHER, "convnext_tiny", "swin_t"])
+def test_set_train_mode_puts_frozen_groups_wholly_in_eval(name):
     b, model = model_for(name)
-    plan = freeze(b, model, cfg("partial", freeze_groups=2))
-    frozen_groups = set(group_names(b)[:2])
+    plan = freeze(b, model, cfg("partial", freeze_groups=3))
+    frozen = frozen_modules(b, model, plan)
     model.eval()  # set_train_mode must switch everything else back on
     strategies.set_train_mode(model, b, plan, train_frozen_bn=False)
-    bns = batch_norms(model)
-    assert bns
-    modes = {n: m.training for n, m in bns}
-    frozen_bn = {n for n, _ in bns if b.groups[backbones.group_of(b, n)][0] in frozen_groups}
-    assert frozen_bn and frozen_bn != set(modes)
-    assert {n for n, t in modes.items() if not t} == frozen_bn
-    # everything that is not a frozen batch norm is in train mode
-    assert all(m.training for n, m in model.named_modules() if n not in frozen_bn)
+    modes = {n: m.training for n, m in model.named_modules()}
+    assert frozen and frozen != set(modes)
+    assert {n for n, t in modes.items() if not t} == frozen
+    bns = {n for n, m in batch_norms(model)}
+    if bns:
+        assert bns & frozen and bns - frozen
     if name == "resnet18":
-        assert not model.bn1.training and not model.layer1[0].bn1.training
-        assert model.layer2[0].bn1.training and model.layer4[1].bn2.training
+        assert not model.bn1.training and not model.layer1[0].bn1.training and not model.layer2[0].relu.training
+        assert model.layer3[0].bn1.training and model.layer4[1].bn2.training
+    else:  # stochastic depth in frozen stages is off, in trainable ones on
+        depth = {n for n, m in model.named_modules() if isinstance(m, StochasticDepth)}
+        assert depth & frozen and depth - frozen
+    dropouts = {n for n, m in model.named_modules() if isinstance(m, nn.Dropout)}
+    assert all(modes[n] == (n not in frozen) for n in dropouts)
 
+    # train_frozen_bn: frozen batch norm follows the data again; the rest of a frozen group stays in eval
     model.eval()
     strategies.set_train_mode(model, b, plan, train_frozen_bn=True)
-    assert all(m.training for m in model.modules())
+    assert {n for n, m in model.named_modules() if not m.training} == frozen - bns
 
     # all groups trainable: plain train mode
     strategies.set_train_mode(model, b, freeze(b, model, cfg("full")), train_frozen_bn=False)
     assert all(m.training for m in model.modules())
+
+
+def test_frozen_features_are_the_same_in_every_training_step():
+    """A frozen efficientnet body with stochastic depth on would feed the head a different feature every step."""
+    b = backbones.get(OTHER)
+    torch.manual_seed(0)
+    model = backbones.build_model(b, 3)
+    x = torch.randn(8, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        inference = model.features(x)
+    strategies.set_train_mode(model, b, freeze(b, model, cfg("linear-probe")), train_frozen_bn=False)
+    with torch.no_grad():
+        first, second = model.features(x), model.features(x)
+    assert torch.equal(first, inference) and torch.equal(second, inference)
+    assert model.classifier[0].training  # the head's own dropout still regularises the head
 
 
 def test_frozen_batch_norm_keeps_its_running_statistics():
@@ -316,7 +364,7 @@ def test_unknown_strategy_names_the_choices():
     for choice in strategies.STRATEGIES:
         assert choice in str(err.value)
     assert "fine-tune-everything" in str(err.value)
-    assert set(strategies.STRATEGIES) == {"full", "linear-probe", "partial", "layerwise", "gradual"}
+    assert set(strategies.STRATEGIES) == {"auto", "full", "linear-probe", "partial", "layerwise", "gradual"}
     with pytest.raises(ValueError, match="linear-probe"):
         strategies.describe(model, b, c, BASE_LR)
 

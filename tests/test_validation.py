@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-import core.validation
+import core.data.validation
 from conftest import image_bytes, make_dataset
 from core.config import DataConfig
-from core.splits import stratified_kfold, stratified_split
-from core.validation import load_dataset
+from core.data.splits import stratified_kfold, stratified_split
+from core.data.validation import load_dataset
 
 
 _SEEDS = iter(range(10_000, 10**9))
@@ -145,7 +145,7 @@ def test_skipped_files_each_have_a_readable_reason(workspace, tmp_path):
 def test_too_large_image_is_skipped(workspace, tmp_path, monkeypatch):
     root = make_dataset(tmp_path / "data", {"cat": 5, "dog": 5})
     (root / "cat" / "huge.png").write_bytes(image_bytes(size=(64, 64), seed=11))
-    monkeypatch.setattr(core.validation, "MAX_PIXELS", 40 * 40)
+    monkeypatch.setattr(core.data.validation, "MAX_PIXELS", 40 * 40)
     ds = load_dataset(root, workspace)
     why = reasons(ds.report)
     assert list(why) == ["cat/huge.png"]
@@ -322,7 +322,7 @@ def test_second_load_is_served_from_scan_cache(workspace, tmp_path, monkeypatch)
     def boom(*args, **kwargs):
         raise AssertionError("decoded again instead of using scan.json")
 
-    monkeypatch.setattr(core.validation, "inspect_image", boom)
+    monkeypatch.setattr(core.data.validation, "inspect_image", boom)
     second = load_dataset(root, workspace)
     assert second.report.to_dict() == first.report.to_dict()
     assert second.samples == first.samples

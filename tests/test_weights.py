@@ -7,8 +7,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core import backbones, weights
-from core.weights import WeightsError, match_state, resolve
+from core.models import backbones
+from core.models import weights
+from core.models.weights import WeightsError, match_state, resolve
 
 B = backbones.get("resnet18")
 
@@ -118,3 +119,24 @@ def test_download_fetches_into_the_cache_and_checks_the_hash(tmp_path, imagenet_
     finally:
         server.shutdown()
     assert not weights.network_available("http://127.0.0.1:9/")
+
+
+class Payload:
+    """What a booby-trapped checkpoint carries: loading it with plain pickle would run a command."""
+
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_a_file_carrying_code_is_refused_in_the_apps_own_words(tmp_path, imagenet_file, capsys):
+    state = torch.load(imagenet_file, weights_only=True)
+    path = tmp_path / "trapped.pth"
+    torch.save({**state, "extra": Payload()}, path)
+    with pytest.raises(WeightsError) as err:
+        resolve(B, str(path))
+    text = str(err.value)
+    assert text.startswith("trapped.pth contains Python code") and "refused" in text
+    assert "torch.save(model.state_dict()" in text and ".safetensors" in text
+    for internal in ("weights_only", "Unsupported global", "GLOBAL", "pytorch.org", "\n"):
+        assert internal not in text
+    assert "must never run" not in capsys.readouterr().out

@@ -1,0 +1,96 @@
+"""The best weights on held-out images, image by image: what the Results page, the model card and the CLI read.
+
+RUN_DIR/predictions.jsonl  one row per validation and test image: split, path, true label, probabilities
+RUN_DIR/results.json       per split: accuracy, macro F1, per-class scores, confusion matrix, calibration
+
+Written when training ends (from the loop's own loaders, so cached features are reused); `evaluate_run`
+recomputes both from the run folder alone, for runs that ended before this existed or were cut off.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from core.evaluate import calibration
+from core.evaluate import metrics
+from core import runs
+from core.data.validation import Dataset
+
+SPLITS = ("val", "test")
+
+
+def scores(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    cm = metrics.confusion_matrix(probs.argmax(1), labels, num_classes)
+    return {"images": len(labels), **metrics.summary(cm), "per_class": metrics.per_class(cm),
+            "confusion": cm.tolist(), "ece": calibration.expected_calibration_error(probs, labels),
+            "reliability": calibration.reliability(probs, labels)}
+
+
+@torch.no_grad()
+def loader_probabilities(net: nn.Module, loader, device: torch.device) -> torch.Tensor:
+    """Softmax outputs in the loader's order (held-out loaders never shuffle, so it is the samples' order)."""
+    net.eval()
+    return torch.cat([net(x.to(device)).softmax(1).cpu() for x, _ in loader])
+
+
+def write(run_dir: Path, dataset: Dataset, probs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """probs: split -> (N, classes) for dataset.split(split), in that order."""
+    results: dict[str, Any] = {"data_dir": str(dataset.data_dir), "classes": dataset.classes}
+    rows = []
+    for split, p in probs.items():
+        samples = dataset.split(split)
+        labels = torch.tensor([s.label for s in samples], dtype=torch.long)
+        results[split] = scores(p, labels, len(dataset.classes))
+        rows += [{"split": split, "path": s.path, "label": s.label, "probs": [round(x, 6) for x in row]}
+                 for s, row in zip(samples, p.tolist())]
+    runs.rewrite_jsonl(run_dir / "predictions.jsonl", rows)
+    runs.write_json(run_dir / "results.json", results)
+    return results
+
+
+def after_fit(run_dir: Path, net: nn.Module, loaders: dict, dataset: Dataset, device: torch.device) -> None:
+    probs = {split: loader_probabilities(net, loaders[split], device) for split in SPLITS if split in loaders}
+    if probs:
+        write(run_dir, dataset, probs)
+
+
+def evaluate_run(run_dir: Path, dataset: Dataset | None = None) -> dict[str, Any]:
+    """Recompute predictions.jsonl and results.json from the run's weights and its dataset copy."""
+    from core.config import workspace_root
+    from core.evaluate.predict import Predictor
+    from core.data.validation import load_dataset
+
+    predictor = Predictor.load(run_dir)
+    if dataset is None:
+        dataset = load_dataset(predictor.config.data.source, workspace_root(), predictor.config.data)
+    probs = {}
+    for split in SPLITS:
+        samples = dataset.split(split)
+        if samples:
+            probs[split] = predictor.probabilities([predictor.tensor(dataset.data_dir / s.path) for s in samples])
+    return write(run_dir, dataset, probs)
+
+
+def read(run_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """(results, predictions); (None, []) when the run has not been evaluated."""
+    return runs.read_json(Path(run_dir) / "results.json"), runs.read_jsonl(Path(run_dir) / "predictions.jsonl")
+
+
+def mistakes(predictions: Sequence[dict[str, Any]], split: str = "val") -> list[dict[str, Any]]:
+    """Wrong predictions with the predicted class and its confidence, most confident mistakes first."""
+    rows = [_predicted(r) for r in predictions if r["split"] == split]
+    return sorted((r for r in rows if r["pred"] != r["label"]), key=lambda r: -r["confidence"])
+
+
+def cell(predictions: Sequence[dict[str, Any]], true: int, pred: int, split: str = "val") -> list[dict[str, Any]]:
+    """The images behind one confusion-matrix cell (true class, predicted class), most confident first."""
+    rows = [_predicted(r) for r in predictions if r["split"] == split and r["label"] == true]
+    return sorted((r for r in rows if r["pred"] == pred), key=lambda r: -r["confidence"])
+
+
+def _predicted(row: dict[str, Any]) -> dict[str, Any]:
+    pred = max(range(len(row["probs"])), key=row["probs"].__getitem__)
+    return row | {"pred": pred, "confidence": row["probs"][pred]}

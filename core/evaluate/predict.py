@@ -1,0 +1,112 @@
+"""A finished run as a classifier for new images: the model, classes and preprocessing all come from the run
+folder, so predictions are made exactly as validation was (same decode, same resize, same normalisation).
+"""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+from torchvision.transforms import v2
+
+from core.models import backbones
+from core import runs
+from core.data.augment import eval_transform
+from core.config import RunConfig
+from core.data.images import ImageError, Source, decode_image, is_image_name
+
+
+@dataclass
+class Predictor:
+    run_dir: Path
+    config: RunConfig
+    backbone: backbones.Backbone
+    classes: list[str]
+    model: nn.Module
+    transform: v2.Compose
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "Predictor":
+        """Raises FileNotFoundError when the run has no weights yet, ValueError when they cannot be used."""
+        run_dir = Path(run_dir)
+        if not (run_dir / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{run_dir.name} has no weights yet: they are written when an epoch ends.")
+        config = RunConfig.from_json((run_dir / "config.json").read_text())
+        backbone = backbones.get(config.model.backbone)
+        classes = runs.read_json(run_dir / "classes.json", [])
+        model = backbones.build_model(backbone, len(classes), config.model.dropout)
+        try:
+            model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+        except (RuntimeError, OSError, SafetensorError) as exc:  # damaged or foreign weights: a sentence
+            raise ValueError(f"The weights of {run_dir.name} cannot be loaded into its {backbone.name}: "
+                             f"{str(exc).splitlines()[0]}") from exc
+        model.eval()
+        return cls(run_dir, config, backbone, classes, model,
+                   eval_transform(config.augment, backbone.mean, backbone.std))
+
+    def tensor(self, source: Source) -> torch.Tensor:
+        """One image as the model sees it: (3, S, S), normalised. Raises ImageError for what is not an image."""
+        return self.transform(decode_image(source, min_side=self.config.augment.resize_side()))
+
+    @torch.no_grad()
+    def probabilities(self, images: Sequence[torch.Tensor], batch_size: int = 32) -> torch.Tensor:
+        """(N, classes) softmax probabilities for preprocessed images."""
+        out = [self.model(torch.stack(list(images[i:i + batch_size]))).softmax(1)
+               for i in range(0, len(images), batch_size)]
+        return torch.cat(out) if out else torch.empty(0, len(self.classes))
+
+    def classify(self, items: Iterable[tuple[str, Source]], chunk: int = 256
+                 ) -> tuple[list[str], list[tuple[str, str]], torch.Tensor]:
+        """(names read, (name, reason) skipped, probabilities), a chunk at a time: a big folder never sits in
+        memory as one tensor. What the Predict page and `python -m core predict` both run."""
+        names: list[str] = []
+        skipped: list[tuple[str, str]] = []
+        parts: list[torch.Tensor] = []
+        batch: list[torch.Tensor] = []
+        for name, source in items:
+            try:
+                batch.append(self.tensor(source))
+                names.append(name)
+            except (ImageError, OSError) as exc:
+                skipped.append((name, str(exc)))
+            if len(batch) == chunk:
+                parts.append(self.probabilities(batch))
+                batch = []
+        if batch:
+            parts.append(self.probabilities(batch))
+        return names, skipped, torch.cat(parts) if parts else torch.empty(0, len(self.classes))
+
+
+def top_k(probs: torch.Tensor, classes: Sequence[str], k: int = 3) -> list[list[tuple[str, float]]]:
+    """Per image, the k most likely classes with their probabilities, most likely first."""
+    values, indices = probs.topk(min(k, len(classes)), dim=1)
+    return [[(classes[i], float(v)) for v, i in zip(vs, ix)] for vs, ix in zip(values.tolist(), indices.tolist())]
+
+
+def predictions_csv(names: Sequence[str], probs: torch.Tensor, classes: Sequence[str]) -> str:
+    """file, top-1, confidence, then one probability column per class: the table a spreadsheet opens."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["file", "top1", "confidence", *classes])
+    for name, p in zip(names, probs.tolist()):
+        best = max(range(len(p)), key=p.__getitem__)
+        writer.writerow([name, classes[best], f"{p[best]:.6f}", *(f"{x:.6f}" for x in p)])
+    return buf.getvalue()
+
+
+def image_files(paths: Sequence[Path]) -> list[Path]:
+    """Files as given, folders searched recursively for images (hidden files left out), in a stable order."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            out += sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name)
+                          and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        else:
+            out.append(path)
+    return out

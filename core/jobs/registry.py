@@ -1,0 +1,141 @@
+"""The job registry every session shares: a queue, at most FTLAB_MAX_JOBS worker processes at once, snapshots.
+
+A job is a process (worker.py), watched by a thread (supervisor.py); the server itself never trains, so a
+crash or an out-of-memory kill in training leaves every session served. Finished jobs are evicted from memory
+after a while; their folders stay on disk. A registry built after a server restart re-attaches to the workers
+that are still running.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+
+from core.config import RunConfig
+from core.jobs.job import Job, Snapshot
+from core.jobs.supervisor import WORKER_FILE, Supervisor, live_worker
+from core.runs import read_json
+
+
+class JobError(ValueError):
+    """A request the registry refuses, with the reason in a sentence."""
+
+
+def max_jobs() -> int:
+    return max(1, int(os.environ.get("FTLAB_MAX_JOBS", "1")))
+
+
+class JobRegistry:
+    def __init__(self, runs_root: Path, max_running: int | None = None, keep_finished: int = 20,
+                 threads: int | None = None):
+        self.runs_root = Path(runs_root)
+        self.lr_root = self.runs_root.parent / "lr-find"  # sweeps are jobs too, but not runs
+        self.max_running = max_running or max_jobs()
+        self.keep_finished = keep_finished
+        # Each worker's share of the cores, fixed so a run computes the same alone or beside another job.
+        self.threads = threads or max(1, (os.cpu_count() or 2) // self.max_running)
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._queue: list[str] = []
+        self._running: set[str] = set()
+        self._reattach()
+
+    def submit(self, config: RunConfig, resume_dir: Path | None = None) -> str:
+        """Queue a run (or the resumption of one); returns its id, which is also its run folder's name."""
+        if not config.threads:
+            config.threads = self.threads
+        if resume_dir is not None:
+            job_id = Path(resume_dir).name
+            with self._lock:
+                known = self._jobs.get(job_id)
+            if (known and known.snapshot().active) or live_worker(resume_dir):
+                raise JobError(f"Run {job_id} is already running: stop it first, or follow it on the Train page.")
+            job = Job(job_id, "train", config, Path(resume_dir), resume=True)
+        else:
+            job_id = _new_id()
+            job = Job(job_id, "train", config, self.runs_root / job_id)
+        return self._enqueue(job)
+
+    def lr_find(self, config: RunConfig, steps: int = 100) -> str:
+        """Queue a learning-rate sweep on exactly what `submit(config)` would train."""
+        if not config.threads:
+            config.threads = self.threads
+        job_id = _new_id()
+        return self._enqueue(Job(job_id, "lr-find", config, self.lr_root / job_id, steps=steps))
+
+    def snapshot(self, job_id: str) -> Snapshot | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            position = self._queue.index(job_id) + 1 if job_id in self._queue else 0
+        return job.snapshot(position) if job else None
+
+    def snapshots(self) -> list[Snapshot]:
+        with self._lock:
+            ids = list(self._jobs)
+        return [s for s in (self.snapshot(i) for i in ids) if s is not None]
+
+    def active(self, kind: str = "train") -> list[Snapshot]:
+        return [s for s in self.snapshots() if s.active and s.kind == kind]
+
+    def stop(self, job_id: str) -> None:
+        """Stop a running job within one batch (killed after a grace period); a queued one never starts."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            queued = job_id in self._queue
+            if queued:
+                self._queue.remove(job_id)
+        if job is None:
+            return
+        if queued:
+            job.end("stopped")
+        else:
+            job.request_stop()
+
+    def _enqueue(self, job: Job) -> str:
+        job.dir.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._jobs[job.id] = job
+            self._queue.append(job.id)
+        self._start_next()
+        return job.id
+
+    def _start_next(self) -> None:
+        with self._lock:
+            while self._queue and len(self._running) < self.max_running:
+                job = self._jobs[self._queue.pop(0)]
+                self._running.add(job.id)
+                Supervisor(job, self._finished).start()
+
+    def _finished(self, job: Job) -> None:
+        with self._lock:
+            self._running.discard(job.id)
+            self._evict()
+        self._start_next()
+
+    def _evict(self) -> None:
+        done = [j for j in self._jobs.values() if j.id not in self._running and j.id not in self._queue]
+        done.sort(key=lambda j: j.ended_at)
+        for job in done[: max(0, len(done) - self.keep_finished)]:
+            del self._jobs[job.id]
+
+    def _reattach(self) -> None:
+        """Follow the workers an earlier server started and that are still running."""
+        for root in (self.runs_root, self.lr_root):
+            for info in sorted(root.glob(f"*/{WORKER_FILE}")) if root.is_dir() else ():
+                job_dir = info.parent
+                pid = live_worker(job_dir)
+                spec = read_json(job_dir / "job.json")
+                if pid is None or not spec:
+                    continue
+                job = Job(job_dir.name, spec["kind"], RunConfig.from_dict(spec["config"]), job_dir,
+                          resume=spec.get("resume", False), steps=spec.get("steps", 0))
+                with self._lock:
+                    self._jobs[job.id] = job
+                    self._running.add(job.id)
+                Supervisor(job, self._finished, pid=pid).start()
+
+
+def _new_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)

@@ -1,0 +1,98 @@
+"""Frozen-backbone fast path: compute each image's features once, then train only the head on them.
+
+On a CPU a forward pass costs a fraction of forward + backward, and with a frozen body and no random
+augmentation every epoch would recompute the same features. They are cached on disk, keyed by the data,
+backbone, weights and preprocessing, so a second run (another learning rate, more epochs) starts at once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from core import runs
+from core.models.backbones import Backbone, set_submodule
+from core.config import RunConfig
+from core.data.validation import Dataset
+from core.models.weights import WeightsInfo
+
+Progress = Callable[[int, int], None]
+
+
+def why_not(config: RunConfig) -> str | None:
+    """None when the fast path applies, else the reason in a sentence."""
+    if not config.feature_cache:
+        return "the feature cache is turned off"
+    if config.model.strategy != "linear-probe":
+        return f"the {config.model.strategy} strategy trains the backbone"
+    if config.augment.is_random():
+        return ("random augmentation changes the features every epoch, so the linear probe runs the full loop; "
+                "turn augmentation off for a run about ten times faster")
+    if config.model.train_frozen_bn:
+        return "batch norm statistics that keep updating change the features every batch"
+    if config.regularize.mixup or config.regularize.cutmix:
+        return "mixup/cutmix mix images, not features"
+    return None
+
+
+def head_module(model: nn.Module, backbone: Backbone) -> nn.Module:
+    """The head group as one module: what trains on the features."""
+    (prefix,) = backbone.groups[-1][1]
+    return model.get_submodule(prefix)
+
+
+def cache_key(config: RunConfig, dataset: Dataset, backbone: Backbone, weights: WeightsInfo) -> str:
+    aug = config.augment
+    ident = {"data": dataset.key, "backbone": backbone.name, "weights": weights.sha256 or weights.source,
+             "seed": config.seed if not weights.pretrained else None, "size": aug.image_size, "resize": aug.resize,
+             "crop_pct": aug.crop_pct,
+             "mean": backbone.mean, "std": backbone.std, "v": 2}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@torch.no_grad()
+def extract(model: nn.Module, backbone: Backbone, loader: DataLoader, device: torch.device,
+            progress: Progress | None = None) -> torch.Tensor:
+    """The head group's input for every image the loader yields, in order."""
+    (prefix,) = backbone.groups[-1][1]
+    head = head_module(model, backbone)
+    set_submodule(model, prefix, nn.Identity())
+    try:
+        model.eval()
+        out = []
+        for i, (images, _) in enumerate(loader, 1):
+            out.append(model(images.to(device)).float().cpu())
+            if progress:
+                progress(i, len(loader))
+        return torch.cat(out)
+    finally:
+        set_submodule(model, prefix, head)
+
+
+def cached_features(path: Path, model: nn.Module, backbone: Backbone, loader: DataLoader, paths: list[str],
+                    device: torch.device, progress: Progress | None = None) -> tuple[dict[str, int], torch.Tensor, bool]:
+    """(path -> row, features, reused): read from `path` when it covers every sample, else compute and write."""
+    if path.exists():
+        blob = torch.load(path, weights_only=True)
+        index = {p: i for i, p in enumerate(blob["paths"])}
+        if all(p in index for p in paths):
+            return index, blob["features"], True
+    features = extract(model, backbone, loader, device, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with runs.replace_atomically(path) as tmp:
+        torch.save({"paths": paths, "features": features}, tmp)
+    return {p: i for i, p in enumerate(paths)}, features, False
+
+
+def feature_loader(index: dict[str, int], features: torch.Tensor, samples, batch_size: int, train: bool,
+                   generator: torch.Generator | None, sampler=None) -> DataLoader:
+    rows = torch.tensor([index[s.path] for s in samples], dtype=torch.long)
+    labels = torch.tensor([s.label for s in samples], dtype=torch.long)
+    return DataLoader(TensorDataset(features[rows], labels), batch_size=batch_size,
+                      shuffle=train and sampler is None, sampler=sampler, generator=generator,
+                      drop_last=train and len(samples) > batch_size)

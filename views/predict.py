@@ -1,0 +1,82 @@
+"""Predict: try a trained run on new images, with the run's own preprocessing; download the table as CSV."""
+import pandas as pd
+import streamlit as st
+import torch
+
+from core.data.augment import denormalize
+from core.config import workspace_root
+from core.data.images import IMAGE_EXTENSIONS, to_pil
+from core.evaluate.predict import predictions_csv, top_k
+from core.runs import list_runs
+from ui.widgets import pick_run, predictor
+
+SHOWN = 24
+
+st.title("Predict")
+runs = [r for r in list_runs(workspace_root() / "runs") if (r["run_dir"] / "model.safetensors").is_file()]
+if not runs:
+    st.info("No trained model yet: train one on the Train page.")
+    st.stop()
+chosen = pick_run(runs, "Model (a run)", "predict-run", lambda r: f"{r['backbone']} · val accuracy "
+                  + (f"{r['val_acc']:.1%}" if r["val_acc"] is not None else "-"))
+run_id = chosen["id"]
+try:
+    model = predictor(str(chosen["run_dir"]))
+except (ValueError, FileNotFoundError) as exc:
+    st.error(f"{exc} Pick another run.")
+    st.stop()
+st.caption(f"Classes: {', '.join(model.classes)} · input {model.config.augment.image_size} px, "
+           f"resize by {model.config.augment.resize}: the same preprocessing as the run's validation.")
+
+kinds = sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+files_tab, folder_tab = st.tabs(["Images", "A folder"])
+with files_tab:
+    files = st.file_uploader("Images", type=kinds, accept_multiple_files=True, key="predict-files")
+with folder_tab:
+    folder = st.file_uploader("A folder of images", type=kinds, accept_multiple_files="directory",
+                              key="predict-folder")
+uploads = (files or []) + (folder or [])
+if not uploads:
+    st.stop()
+
+
+def classify(uploads: list) -> tuple[list[str], list[tuple[str, str]], torch.Tensor, list]:
+    """Once per model and set of uploads: moving the slider reruns the page, not the model."""
+    key = (chosen["id"], (chosen["run_dir"] / "model.safetensors").stat().st_mtime, tuple(u.file_id for u in uploads))
+    if (cached := st.session_state.get("predict-cache")) and cached[0] == key:
+        return cached[1]
+    with st.spinner(f"Classifying {len(uploads)} images..."):
+        read, skipped, probs = model.classify((str(i), u.getvalue()) for i, u in enumerate(uploads))
+    read = [uploads[int(i)] for i in read]  # by position: two uploads may share a file name
+    skipped = [(uploads[int(i)].name, reason) for i, reason in skipped]
+    pictures = [to_pil(denormalize(model.tensor(u.getvalue()), model.backbone.mean, model.backbone.std))
+                for u in read[:SHOWN]]
+    result = [u.name for u in read], skipped, probs, pictures
+    st.session_state["predict-cache"] = (key, result)
+    return result
+
+
+names, skipped, probs, pictures = classify(uploads)
+for name, reason in skipped:
+    st.warning(f"{name} was skipped: {reason}")
+if not names:
+    st.error("None of the files could be read as an image. Upload JPEG, PNG, TIFF or another common format.")
+    st.stop()
+
+k = st.slider("Classes shown per image", 1, len(model.classes), min(3, len(model.classes)), key="predict-k")
+ranked = top_k(probs, model.classes, k)
+table = pd.DataFrame({"file": names, "top-1": [r[0][0] for r in ranked], "confidence": [r[0][1] for r in ranked],
+                      "next": [", ".join(f"{c} {p:.0%}" for c, p in r[1:]) for r in ranked]})
+st.dataframe(table, hide_index=True, width="stretch", key="predict-table",
+             column_config={"confidence": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)})
+st.download_button("Download the predictions (CSV)", predictions_csv(names, probs, model.classes),
+                   file_name=f"predictions-{run_id}.csv", mime="text/csv", on_click="ignore", key="predict-csv")
+
+if len(names) > SHOWN:
+    st.caption(f"The first {SHOWN} of {len(names)} images:")
+cols = st.columns(4)
+for i, (name, picture, r) in enumerate(zip(names, pictures, ranked)):
+    with cols[i % 4]:
+        st.image(picture, caption=name, width="stretch")
+        for cls, p in r:
+            st.progress(p, text=f"{cls} {p:.1%}")

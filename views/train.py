@@ -1,0 +1,167 @@
+"""Train: augmentation with a live preview, hyperparameters, the LR finder, and the live training view."""
+import copy
+
+import streamlit as st
+
+from core.models import backbones
+from ui import charts
+from core.data.augment import preview
+from core.config import workspace_root
+from core.train.engine import MONITORS
+from core.data.images import decode_image, to_pil
+from core.train.schedules import SCHEDULES
+from core.data.sources import DataError
+from core.data.validation import open_dataset
+from ui.widgets import downloads, set_url
+
+st.title("Train")
+registry = st.session_state.registry
+config = st.session_state.config
+
+
+@st.fragment(run_every=1.0 if (s := registry.snapshot(st.query_params.get("run", ""))) and s.active else None)
+def live() -> None:
+    """Redrawn every second while the job is active; the worker never touches Streamlit."""
+    snap = registry.snapshot(st.query_params.get("run", ""))
+    if snap is None:
+        st.info("That run is not in memory any more (it ended a while ago, or the server restarted); "
+                "its results are kept on disk.")
+        st.page_link("views/results.py", label="Open its results", icon=":material/insights:",
+                     query_params={"run": st.query_params.get("run", "")})
+        return
+    if snap.status == "queued":
+        st.info(f"Queued: position {snap.queue_position}. It starts when the running job ends.")
+    left = f", about {snap.eta:.0f} s left" if snap.eta is not None else ""
+    phase = {"features": "computing features", "train": "training", "val": "validating"}.get(snap.phase, snap.status)
+    st.progress(snap.progress, text=f"{snap.status} · epoch {snap.epoch}/{snap.epochs} · {phase} "
+                                    f"batch {snap.batch}/{snap.batches}{left}")
+    if snap.active and st.button("Stop", type="secondary", key="stop"):
+        registry.stop(snap.id)
+    if snap.error:
+        st.error(snap.error)
+    batches = [{"step": x, "loss": y} for x, y in snap.batch_losses]
+    c1, c2 = st.columns(2)
+    c1.altair_chart(charts.curves(list(snap.history), batches, "loss"), width="stretch")
+    c2.altair_chart(charts.curves(list(snap.history), None, "acc"), width="stretch")
+    if snap.confusion:
+        st.caption(f"Validation confusion matrix, epoch {snap.history[-1]['epoch'] if snap.history else '?'}")
+        st.altair_chart(charts.confusion([list(r) for r in snap.confusion], list(snap.classes)),
+                        width="stretch")
+    if not snap.active:
+        downloads(snap.run_dir, snap.id)
+        st.page_link("views/results.py", label="Open the results", icon=":material/insights:",
+                     query_params={"run": snap.id})
+    with st.expander("Log", expanded=bool(snap.error)):
+        for _, level, text in snap.messages:
+            (st.warning if level == "warning" else st.error if level == "error" else st.write)(text)
+    if not snap.active and st.session_state.get("seen_active") == snap.id:
+        st.session_state.seen_active = None
+        st.rerun()  # the whole page once more: polling stops
+    if snap.active:
+        st.session_state.seen_active = snap.id
+
+
+key = st.query_params.get("data")
+if not key:
+    st.info("Load a dataset on the Data page first.")
+    if st.query_params.get("run"):
+        live()
+    st.stop()
+try:
+    dataset = open_dataset(key, workspace_root(), config.data)
+except (DataError, ValueError) as exc:
+    st.error(str(exc))
+    st.stop()
+config.data.source = str(dataset.data_dir)
+backbone = backbones.get(config.model.backbone)
+aug = config.augment
+
+with st.expander("Augmentation", expanded=False):
+    c1, c2, c3 = st.columns(3)
+    aug.image_size = c1.number_input("Image size (px)", 32, 1024, aug.image_size, 8, disabled=backbone.fixed_size,
+                                     help="Images are resized to this square; the backbone's native size is "
+                                          f"{backbone.input_size}.", key="train-image-size-px")
+    aug.resize = c1.selectbox("Fit to square by", ["crop", "squash", "pad"], ["crop", "squash", "pad"].index(aug.resize),
+                              help="crop: centre crop; squash: ignore the aspect ratio; pad: keep all pixels.", key="train-fit-to-square-by")
+    aug.crop_scale_min = c1.slider("Random crop keeps at least", 0.1, 1.0, aug.crop_scale_min, 0.05,
+                                   help="1.0 turns random cropping off.", key="train-random-crop-keeps-at-least")
+    aug.hflip = c2.slider("Horizontal flip probability", 0.0, 1.0, aug.hflip, 0.05, key="train-horizontal-flip-probability")
+    aug.vflip = c2.slider("Vertical flip probability", 0.0, 1.0, aug.vflip, 0.05, help="For microscopy, satellite...", key="train-vertical-flip-probability")
+    aug.rotation = c2.slider("Rotation (degrees)", 0.0, 180.0, aug.rotation, 5.0, key="train-rotation-degrees")
+    aug.color_jitter = c3.slider("Colour jitter", 0.0, 1.0, aug.color_jitter, 0.05, key="train-colour-jitter")
+    aug.grayscale = c3.slider("Random grayscale", 0.0, 1.0, aug.grayscale, 0.05, key="train-random-grayscale")
+    aug.blur = c3.slider("Gaussian blur", 0.0, 1.0, aug.blur, 0.05, key="train-gaussian-blur")
+    aug.erasing = c3.slider("Random erasing", 0.0, 1.0, aug.erasing, 0.05, key="train-random-erasing")
+    train = dataset.split("train")[:: max(1, len(dataset.split("train")) // 4)][:4]
+    copies = 5 if aug.is_random() else 1  # with nothing random, every copy would be the same picture
+    grid = preview([decode_image(dataset.data_dir / s.path, aug.resize_side()) for s in train], aug,
+                   backbone.mean, backbone.std, copies=copies)
+    if copies == 1:
+        st.caption("Nothing random is on: each picture as training sees it.")
+        grid = [[row[0] for row in grid]]
+    for row in grid:
+        for col, img in zip(st.columns(5), row):
+            col.image(to_pil(img), width="stretch")
+    if aug.is_random() and config.model.strategy == "linear-probe":
+        st.caption("With random augmentation the linear probe cannot use cached features: expect slower epochs.")
+
+o, r = config.optim, config.regularize
+with st.expander("Hyperparameters", expanded=True):
+    c1, c2, c3 = st.columns(3)
+    o.epochs = c1.number_input("Epochs", 1, 500, o.epochs, help="Passes over the training images.", key="train-epochs")
+    o.batch_size = c1.number_input("Batch size", 1, 512, o.batch_size, help="Images per step; lower it if memory runs out.", key="train-batch-size")
+    o.optimizer = c1.selectbox("Optimizer", ["adamw", "adam", "sgd"], ["adamw", "adam", "sgd"].index(o.optimizer), key="train-optimizer")
+    o.lr = c2.number_input("Learning rate", 1e-6, 1.0, o.lr, format="%.5f", help="The head's rate; try the finder below.", key="train-learning-rate")
+    o.schedule = c2.selectbox("Schedule", SCHEDULES, SCHEDULES.index(o.schedule), key="train-schedule")
+    o.weight_decay = c2.number_input("Weight decay (L2)", 0.0, 1.0, o.weight_decay, format="%.5f", key="train-weight-decay-l2")
+    r.l1 = c2.number_input("L1 penalty", 0.0, 1.0, r.l1, format="%.6f", key="train-l1-penalty")
+    config.model.dropout = c3.slider("Dropout before the head", 0.0, 0.9, config.model.dropout, 0.05, key="train-dropout-before-the-head")
+    r.label_smoothing = c3.slider("Label smoothing", 0.0, 0.5, r.label_smoothing, 0.05, key="train-label-smoothing")
+    r.class_weighting = c3.selectbox("Class imbalance", ["none", "loss", "sampler"],
+                                     ["none", "loss", "sampler"].index(r.class_weighting),
+                                     help="loss: weighted cross-entropy; sampler: balanced batches.", key="train-class-imbalance")
+    config.early_stop.patience = c3.number_input("Early stopping patience (0 = off)", 0, 100, config.early_stop.patience, key="train-early-stopping-patience-0-off")
+    config.early_stop.monitor = c3.selectbox("Best epoch by", MONITORS, MONITORS.index(config.early_stop.monitor), key="train-best-epoch-by")
+
+
+
+@st.fragment(run_every=1.0 if (s := registry.snapshot(st.session_state.get("lr-job", ""))) and s.active else None)
+def lr_sweep() -> None:
+    """The learning-rate finder is a job like training: it runs in a worker, shows progress and can be stopped."""
+    if st.button("Find a learning rate", help="A short sweep on exactly what Start would train; about a minute."):
+        st.session_state["lr-job"] = registry.lr_find(copy.deepcopy(config), steps=60)
+        st.rerun(scope="fragment")
+    snap = registry.snapshot(st.session_state.get("lr-job", ""))
+    if snap is None:
+        return
+    if snap.active:
+        left = f", about {snap.eta:.0f} s left" if snap.eta is not None else ""
+        where = f"sweep step {snap.batch}/{snap.batches}" if snap.phase == "lr-find" else (
+            "computing features" if snap.phase == "features" else f"queued #{snap.queue_position}" if snap.status == "queued"
+            else "starting")
+        st.progress(snap.progress, text=f"Learning-rate sweep: {where}{left}")
+        if st.button("Stop the sweep", key="lr-stop"):
+            registry.stop(snap.id)
+    elif snap.error:
+        st.error(snap.error)
+    if snap.result and snap.result["lrs"]:
+        st.altair_chart(charts.lr_finder(snap.result["lrs"], snap.result["losses"], snap.result["suggestion"]),
+                        width="stretch")
+        st.caption(snap.result["reason"])
+    if not snap.active and st.session_state.get("lr-seen") == snap.id:
+        st.session_state["lr-seen"] = None
+        st.rerun()  # polling stops
+    if snap.active:
+        st.session_state["lr-seen"] = snap.id
+
+
+lr_sweep()
+
+if not dataset.report.trainable:
+    st.error(dataset.report.errors[0])
+elif st.button("Start training", type="primary"):
+    set_url("run", registry.submit(copy.deepcopy(config)))
+    st.rerun()  # from the top: the live view polls, the sidebar shows the job (a queued one says so there)
+
+if st.query_params.get("run"):
+    live()
