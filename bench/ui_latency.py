@@ -1,8 +1,8 @@
 """Page rerun latency with and without a training job in the background, measured in one run.
 
 The pages run through Streamlit's AppTest in this process, as a real server runs them: one process holds the
-script runs (a new thread per rerun) and the shared job registry (`st.cache_resource`), so a job competes with
-the pages for the same cores and the same GIL. All on the built-in sample dataset (3 classes x 40 pictures)
+script runs (a new thread per rerun) and the shared job registry (`st.cache_resource`); a job trains in a worker
+process of its own, so it competes with the pages for the cores, not for the server's GIL. All on the built-in sample dataset (3 classes x 40 pictures)
 in a temporary workspace (FTLAB_HOME):
 
 1. a tiny finished run (resnet18, random weights, 32 px, 1 epoch), so Train, Results and Runs have a run to
@@ -10,8 +10,10 @@ in a temporary workspace (FTLAB_HOME):
 2. idle: N reruns of each page, round robin, after two warm-up runs per page;
 3. the same reruns while a real job trains in the background (efficientnet_lite0 with its packaged weights,
    strategy full, 224 px, batch 32, more epochs than the window lasts) with the registry's default torch
-   threads (cpu_count - 1), timed from its first training batch on; then the job is stopped;
-4. the same with a job given `--threads` torch threads (default: every core), then stopped;
+   threads (cpu_count / FTLAB_MAX_JOBS: every core with one job at a time), timed from its first training batch
+   on; then the job is stopped;
+4. the same with a job given `--threads` torch threads (default: one core fewer, left to the server), then
+   stopped;
 5. idle again: how far two idle measurements differ on this machine now (the noise floor).
 
 Prints per page and phase the median and p90 seconds per rerun and the ratio of the medians to idle's; the
@@ -171,9 +173,9 @@ def idle_phase(pages: dict, reruns: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reruns", type=int, default=30, help="timed reruns of each page per phase")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+    p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                    help="torch threads of the second training job, compared with the registry's default "
-                        "(default: every core, %(default)s here)")
+                        "(default: one core fewer, %(default)s here)")
     p.add_argument("--epochs", type=int, default=500, help="planned epochs of the training job (it is stopped)")
     args = p.parse_args()
 

@@ -38,6 +38,7 @@ from core.data.validation import Dataset, load_dataset
 from core.models.weights import WeightsInfo, resolve
 
 MONITORS = ("val_acc", "val_balanced_acc", "val_macro_f1", "val_loss")
+FEATURE_BATCH = 8  # images per forward while features are computed: a stop waits for one such batch at most
 
 
 class TrainingDiverged(RuntimeError):
@@ -379,7 +380,7 @@ def _feature_loaders(config: RunConfig, dataset: Dataset, backbone: backbones.Ba
 
     loader = make_loader(ImageDataset(dataset.data_dir, dataset.samples,
                                       eval_transform(config.augment, backbone.mean, backbone.std),
-                                      config.augment.resize_side()), config.optim.batch_size, False, config.num_workers)
+                                      config.augment.resize_side()), FEATURE_BATCH, False, config.num_workers)
     index, feats, reused = features.cached_features(path, model, backbone, loader, [s.path for s in dataset.samples],
                                                     device, None if path.exists() else progress)
     cb.on_message("Frozen backbone: training the head on " +
