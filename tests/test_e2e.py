@@ -6,13 +6,7 @@ Screenshots of every page land in test-artifacts/e2e/ (the path is printed) for 
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -21,76 +15,10 @@ import torch
 from PIL import Image
 from playwright.sync_api import expect
 
-from conftest import ROOT, make_dataset
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"]
-SHOTS = ROOT / "test-artifacts" / "e2e"
+from conftest import make_dataset
+from e2e_helpers import SHOTS, nav, page, server, settle, shot  # noqa: F401 (page and server are fixtures)
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The app as a user gets it from `make run`, on a free port, over a workspace of its own."""
-    home = tmp_path_factory.mktemp("home")
-    port = free_port()
-    env = os.environ | {"FTLAB_HOME": str(home / "workspace"), "FTLAB_DATA_ROOT": str(home / "server-data")}
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
-                             "--server.port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"streamlit did not start: {(home / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-    yield url, home
-    proc.terminate()
-    proc.wait(timeout=20)
-
-
-@pytest.fixture(scope="module")
-def page(server):
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM.exists(), "Chromium is missing: `make test` installs it (apt-get install -y chromium)"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        page = context.new_page()
-        yield page
-        shot(page, "last")  # what the browser showed when the test ended, passed or failed
-        browser.close()
-
-
-def shot(page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.wait_for_timeout(400)  # let charts finish drawing
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
-def settle(page) -> None:
-    """Wait until Streamlit has finished the rerun the last action caused."""
-    page.wait_for_timeout(300)
-    page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=60_000)
-
-
-def nav(page, title: str) -> None:
-    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title).click()
-    page.get_by_role("heading", name=title, level=1).wait_for(timeout=30_000)
-    settle(page)
 
 
 def test_upload_train_watch_reload_stop_download(server, page, tmp_path, capsys):
@@ -201,7 +129,7 @@ def plain_torch_predictions(package: Path, images: list[Path]) -> torch.Tensor:
     model = timm.create_model("tf_efficientnet_lite0", num_classes=len(classes))
     model.load_state_dict(load(z.read("model.safetensors")))
     model.eval()
-    tf = v2.Compose([v2.ToImage(), v2.Resize(round(pre["image_size"] / pre["crop_pct"])),
+    tf = v2.Compose([v2.ToImage(), v2.Resize(pre["resize_side"]),
                      v2.CenterCrop(pre["image_size"]), v2.ToDtype(torch.float32, scale=True),
                      v2.Normalize(pre["mean"], pre["std"])])
     with torch.no_grad():
@@ -210,7 +138,7 @@ def plain_torch_predictions(package: Path, images: list[Path]) -> torch.Tensor:
 
 def app_predictions(run_dir: Path, images: list[Path]) -> torch.Tensor:
     """The app's own model and preprocessing (what its Predict page uses), from the run folder the server wrote."""
-    from core.predict import Predictor
+    from core.evaluate.predict import Predictor
 
     predictor = Predictor.load(run_dir)
     return predictor.probabilities([predictor.tensor(p) for p in images])
