@@ -221,8 +221,8 @@ def test_a_new_registry_reattaches_to_running_workers(tmp_path, data, workspace)
     job_id = first.submit(small_config(data, epochs=40))
     wait(first, job_id, lambda s: s.epoch >= 2)
     second = JobRegistry(tmp_path / "runs", threads=1)  # the new server
-    snap = second.snapshot(job_id)
-    assert snap is not None and snap.status == "running" and len(snap.history) >= 1
+    assert second.snapshot(job_id).status == "running"
+    snap = wait(second, job_id, lambda s: len(s.history) >= 1)  # its events, read from the start
     later = wait(second, job_id, lambda s: s.epoch > snap.epoch)
     assert later.history[: len(snap.history)] == snap.history
     with pytest.raises(JobError, match="already running"):  # Resume from a second tab

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.models import backbones
+from core.models import backbones, strategies
 from core.train import features
 from core.data.augment import eval_transform
 from core.config import AugmentConfig, RunConfig
@@ -26,6 +26,10 @@ def empty_library_caches(tmp_path, monkeypatch):
 def test_defaults_are_the_packaged_backbone_on_the_fast_path():
     config = RunConfig()
     assert config.model.backbone == "efficientnet_lite0" and config.model.weights == "pretrained"
+    assert config.model.strategy == "auto"
+    b = backbones.get(config.model.backbone)
+    _, info = resolve(b, config.model.weights)
+    config.model.strategy, _ = strategies.resolve_strategy(config.model, len(b.groups), info.pretrained)
     assert config.model.strategy == "linear-probe" and features.why_not(config) is None
 
 

@@ -131,6 +131,7 @@ class JobRegistry:
                     continue
                 job = Job(job_dir.name, spec["kind"], RunConfig.from_dict(spec["config"]), job_dir,
                           resume=spec.get("resume", False), steps=spec.get("steps", 0))
+                job.attached(pid)  # running from the first snapshot on, not "queued" until the thread runs
                 with self._lock:
                     self._jobs[job.id] = job
                     self._running.add(job.id)
