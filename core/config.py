@@ -30,6 +30,12 @@ class DataConfig:
     val_ratio: float = 0.2  # used when the data is not already split
     test_ratio: float = 0.0
     split_seed: int = 0  # same seed, same split
+    # Images of one patient or specimen never straddle two splits or folds; at most one of these three is set.
+    groups: str = ""  # a CSV file with columns path,group (path relative to the dataset)
+    group_pattern: str = ""  # a regular expression with a group named "group", searched in each image's path
+    group_level: int = 0  # a folder level: 1 = the first folder below the class folder (class/P017/img.png)
+    folds: int = 0  # k-fold cross-validation when > 1: the images outside the test split go into k folds ...
+    fold: int = 0  # ... and fold number `fold` (0..k-1) is this run's validation split
 
 
 @dataclass

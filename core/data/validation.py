@@ -16,10 +16,12 @@ from statistics import median
 from typing import Callable
 
 from core.config import DataConfig
+from core.data import overrides
+from core.data.groups import assign_groups
 from core.data.images import MAX_PIXELS, ImageError, inspect_image, is_image_name
-from core.data.sources import DataSource, Ingested, Limits, ingest, stored
+from core.data.sources import DataError, DataSource, Ingested, Limits, ingest, stored
 from core.runs import replace_atomically
-from core.data.splits import stratified_split
+from core.data.splits import stratified_group_kfold, stratified_group_split, stratified_kfold, stratified_split
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
@@ -47,6 +49,9 @@ class Report:
     skipped: list[Skipped] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # any error: this data cannot be trained on
+    groups: dict | None = None  # {"source": "pattern ...", "count": n}: patients/specimens kept in one split
+    folds: dict | None = None  # {"k": k, "fold": f}: k-fold cross-validation, fold f is val
+    label_review: dict | None = None  # {"version", "digest", "relabelled", "excluded"}
 
     @property
     def trainable(self) -> bool:
@@ -72,6 +77,16 @@ class Report:
             lo, mid, hi = (self.sizes[k] for k in ("min", "median", "max"))
             lines.append(f"sizes: {lo[0]}x{lo[1]} to {hi[0]}x{hi[1]} (median {mid[0]}x{mid[1]})")
             lines.append("modes: " + ", ".join(f"{m} {n}" for m, n in self.modes.items()))
+        if self.groups:
+            lines.append(f"groups: {self.groups['count']} patients/specimens ({self.groups['source']}), "
+                         "each kept within one split")
+        if self.folds:
+            lines.append(f"cross-validation: fold {self.folds['fold']} of folds 0-{self.folds['k'] - 1} "
+                         "is validation, the others train")
+        if self.label_review:
+            r = self.label_review
+            lines.append(f"{r['relabelled']} labels corrected, {r['excluded']} images excluded in label review "
+                         f"(version {r['version']})")
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} files:")
             lines += [f"  {s.path}: {s.reason}" for s in self.skipped]
@@ -85,6 +100,7 @@ class Sample:
     path: str  # relative to Dataset.data_dir
     label: int
     split: str  # train | val | test
+    group: str = ""  # patient/specimen id when groups are set (an ungrouped image is its own: its path)
 
 
 @dataclass
@@ -94,6 +110,8 @@ class Dataset:
     classes: list[str]
     samples: list[Sample]
     report: Report
+    labels_version: int = 0  # label review version applied (0: original labels); key stays the content key
+    labels_digest: str = ""
 
     def split(self, name: str) -> list[Sample]:
         return [s for s in self.samples if s.split == name]
@@ -116,6 +134,9 @@ def open_dataset(key: str, workspace: Path, data: DataConfig = DataConfig()) -> 
 
 
 def validate(ingested: Ingested, data: DataConfig = DataConfig(), progress: Progress | None = None) -> Dataset:
+    """Raises DataError for settings that cannot apply to any data (folds, group sources); data problems go
+    into the report."""
+    _check_folds(data)
     infos = _scan(ingested, progress)
     skipped = [Skipped(r.path, r.reason) for r in ingested.refused]
     warnings: list[str] = []
@@ -137,6 +158,8 @@ def validate(ingested: Ingested, data: DataConfig = DataConfig(), progress: Prog
             skipped.append(Skipped(path, "not inside a class folder; put each image in its class's subfolder"))
         else:
             candidates.append((path, parts[0], split))
+    review = overrides.read(ingested.root)
+    candidates, review_summary = _apply_review(candidates, review, ingested.files, skipped, warnings)
     candidates = _drop_duplicates(candidates, ingested.files, skipped, warnings)
 
     class_names = sorted({c for _, c, _ in candidates})
@@ -147,18 +170,27 @@ def validate(ingested: Ingested, data: DataConfig = DataConfig(), progress: Prog
     for name in sorted(folders - set(classes) - {None}):
         warnings.append(f"Class folder '{name}' has no usable images and was left out.")
 
-    splits = _assign_splits(candidates, layout, data, warnings)
+    groups, group_source, group_warnings = assign_groups([p for p, _, _ in candidates], data, layout,
+                                                         ingested.data_dir)
+    warnings += group_warnings
+    splits = _assign_splits(candidates, groups, layout, data, warnings, errors)
+    if groups:
+        _warn_straddling(splits, groups, warnings)
     index = {c: i for i, c in enumerate(class_names)}
-    samples = [Sample(p, index[c], s) for (p, c, _), s in zip(candidates, splits)]
+    group_ids = groups or [""] * len(candidates)
+    samples = [Sample(p, index[c], s, g) for (p, c, _), s, g in zip(candidates, splits, group_ids)]
     split_counts = {s: dict(Counter(class_names[x.label] for x in samples if x.split == s))
                     for s in ("train", "val", "test") if any(x.split == s for x in samples)}
-    wants_val = layout == "pre-split" or data.val_ratio > 0
+    wants_val = layout == "pre-split" or data.val_ratio > 0 or data.folds > 1
     _check_classes(classes, split_counts, wants_val, warnings, errors)
 
     used = [infos[p] for p, _, _ in candidates]
     report = Report(layout, classes, split_counts, _sizes(used), _count(used, "mode"), _count(used, "format"),
-                    skipped, warnings, errors)
-    return Dataset(ingested.key, ingested.data_dir, class_names, samples, report)
+                    skipped, warnings, errors,
+                    groups={"source": group_source, "count": len(set(groups))} if groups is not None else None,
+                    folds={"k": data.folds, "fold": data.fold} if data.folds > 1 else None,
+                    label_review=review_summary)
+    return Dataset(ingested.key, ingested.data_dir, class_names, samples, report, review.version, review.digest)
 
 
 def _scan(ingested: Ingested, progress: Progress | None) -> dict[str, dict]:
@@ -236,20 +268,102 @@ def _drop_duplicates(candidates, hashes, skipped, warnings):
     return [c for c in candidates if c[0] not in drop]
 
 
-def _assign_splits(candidates, layout, data: DataConfig, warnings) -> list[str]:
+def _assign_splits(candidates, groups, layout, data: DataConfig, warnings, errors) -> list[str]:
+    """Given split folders stay; what the data leaves open is split here, whole groups at a time when there are
+    groups. With k-fold, everything outside test takes its turn as val: fold `data.fold` is val, the rest train."""
+    keys, labels = [p for p, _, _ in candidates], [c for _, c, _ in candidates]
+    everything = list(range(len(candidates)))
     if layout == "pre-split":
-        given = [s for _, _, s in candidates]
-        if "val" in given:
-            return given
-        warnings.append(f"No val/ folder: {data.val_ratio:.0%} of train/ is held out for validation.")
-        train = [i for i, s in enumerate(given) if s == "train"]
-        inner = stratified_split([candidates[i][0] for i in train], [candidates[i][1] for i in train],
-                                 data.val_ratio, 0.0, data.split_seed)
-        for i, s in zip(train, inner):
-            given[i] = s
-        return given
-    return stratified_split([p for p, _, _ in candidates], [c for _, c, _ in candidates],
-                            data.val_ratio, data.test_ratio, data.split_seed)
+        splits = [s for _, _, s in candidates]
+        if "val" not in splits and data.folds <= 1:
+            warnings.append(f"No val/ folder: {data.val_ratio:.0%} of train/ is held out for validation.")
+            train = [i for i in everything if splits[i] == "train"]
+            for i, s in zip(train, _split(train, keys, labels, groups, data.val_ratio, 0.0, data.split_seed)):
+                splits[i] = s
+    else:
+        val_ratio = 0.0 if data.folds > 1 else data.val_ratio
+        splits = _split(everything, keys, labels, groups, val_ratio, data.test_ratio, data.split_seed)
+    if data.folds > 1:
+        pool = [i for i in everything if splits[i] != "test"]
+        units = len({groups[i] if groups else keys[i] for i in pool})
+        if units < data.folds:
+            errors.append(f"{data.folds}-fold cross-validation needs at least {data.folds} "
+                          f"{'groups (patients or specimens)' if groups else 'images'} outside the test split, "
+                          f"but there are {units}. Use fewer folds.")
+            return splits
+        for i, fold in zip(pool, _kfold(pool, keys, labels, groups, data.folds, data.split_seed)):
+            splits[i] = "val" if fold == data.fold else "train"
+    return splits
+
+
+def _split(indices, keys, labels, groups, val_ratio, test_ratio, seed) -> list[str]:
+    keys, labels = _pick(keys, indices), _pick(labels, indices)
+    if groups is None:
+        return stratified_split(keys, labels, val_ratio, test_ratio, seed)
+    return stratified_group_split(keys, labels, _pick(groups, indices), val_ratio, test_ratio, seed)
+
+
+def _kfold(indices, keys, labels, groups, k, seed) -> list[int]:
+    keys, labels = _pick(keys, indices), _pick(labels, indices)
+    if groups is None:
+        return stratified_kfold(keys, labels, k, seed)
+    return stratified_group_kfold(keys, labels, _pick(groups, indices), k, seed)
+
+
+def _pick(items: list, indices: list[int]) -> list:
+    return [items[i] for i in indices]
+
+
+def _check_folds(data: DataConfig) -> None:
+    if data.folds < 0 or data.folds == 1:
+        raise DataError(f"folds is {data.folds}: use 0 for a single split, or 2 or more for k-fold "
+                        "cross-validation.")
+    if data.folds > 1 and not 0 <= data.fold < data.folds:
+        raise DataError(f"fold {data.fold} does not exist with {data.folds} folds; pick a fold from 0 to "
+                        f"{data.folds - 1}.")
+
+
+def _warn_straddling(splits, groups, warnings) -> None:
+    """Only given split folders can put one group in two splits; training and validating on one patient leaks."""
+    seen: dict[str, set[str]] = defaultdict(set)
+    for group, split in zip(groups, splits):
+        seen[group].add(split)
+    straddling = sorted(g for g, s in seen.items() if len(s) > 1)
+    if straddling:
+        example = straddling[0]
+        warnings.append(f"{len(straddling)} patient/specimen groups have images in more than one of train/val/test "
+                        f"(for example '{example}' in {' and '.join(sorted(seen[example]))}): validation then sees "
+                        "patients the model trained on and looks better than it is. Move each group's images into "
+                        "one split folder.")
+
+
+def _apply_review(candidates, review: overrides.Overrides, files, skipped, warnings):
+    """Label review corrections: another class (one of the dataset's own) or left out."""
+    if not review.version:
+        return candidates, None
+    known = {c for _, c, _ in candidates}
+    excluded = set(review.excluded)
+    kept, relabelled, unknown = [], 0, []
+    for path, cls, split in candidates:
+        if path in excluded:
+            skipped.append(Skipped(path, "excluded in label review"))
+            continue
+        new = review.relabelled.get(path, cls)
+        if new not in known:
+            unknown.append(f"{path} -> '{new}'")
+            new = cls
+        relabelled += new != cls
+        kept.append((path, new, split))
+    if unknown:
+        warnings.append(f"{len(unknown)} label review corrections name a class this dataset does not have and were "
+                        f"ignored (for example {unknown[0]}). Classes: {', '.join(sorted(known))}.")
+    stray = [p for p in [*review.relabelled, *review.excluded] if p not in files]
+    if stray:
+        warnings.append(f"{len(stray)} label review entries name files that are not in this dataset and were "
+                        f"ignored (for example '{stray[0]}').")
+    summary = {"version": review.version, "digest": review.digest, "relabelled": relabelled,
+               "excluded": len(candidates) - len(kept)}
+    return kept, summary
 
 
 def _check_classes(classes, splits, wants_val, warnings, errors) -> None:
