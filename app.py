@@ -29,7 +29,7 @@ if "config" not in st.session_state:  # what the Model and Train pages edit
 
 # The dataset and run live in the URL (shareable, survive a reload); switching pages drops query params, so
 # the session puts back the last ones seen.
-for name in ("data", "run"):
+for name in ("data", "run", "search", "cv", "ensemble"):
     if name in st.query_params:
         st.session_state[f"url-{name}"] = st.query_params[name]
     elif f"url-{name}" in st.session_state:
@@ -43,20 +43,33 @@ pages = [
     st.Page("views/results.py", title="Results", icon=":material/insights:"),
     st.Page("views/predict.py", title="Predict", icon=":material/image_search:"),
     st.Page("views/runs.py", title="Runs", icon=":material/history:"),
+    st.Page("views/search.py", title="Search", icon=":material/tune:"),
+    st.Page("views/crossval.py", title="Cross-validate", icon=":material/view_week:"),
+    st.Page("views/review.py", title="Label review", icon=":material/rule:"),
+    st.Page("views/ensembles.py", title="Ensembles", icon=":material/hub:"),
 ]
 nav = st.navigation(pages)
 
 
 
-@st.fragment(run_every=2.0 if st.session_state.registry.active() else None)
+KINDS = {"train": "training", "lr-find": "LR sweep", "search": "search", "cv": "cross-validation",
+         "leakage": "near-duplicate check", "ensemble": "ensemble"}
+
+
+@st.fragment(run_every=2.0 if st.session_state.registry.active(None) else None)
 def training_status() -> None:
     """Polls on its own while a job is active, so every page shows how the job is doing."""
-    active = st.session_state.registry.active()
+    active = st.session_state.registry.active(None)
     if not active:
         st.write("idle")
     for snap in active:
-        where = f"epoch {snap.epoch}/{snap.epochs}" if snap.status == "running" else f"queued #{snap.queue_position}"
-        st.progress(snap.progress, text=f"`{snap.id}` {where}")
+        if snap.status != "running":
+            where = f"queued #{snap.queue_position}"
+        elif snap.stage:
+            where = snap.stage[2]
+        else:
+            where = f"epoch {snap.epoch}/{snap.epochs}" if snap.kind == "train" else snap.phase
+        st.progress(snap.progress, text=f"{KINDS.get(snap.kind, snap.kind)} `{snap.id}` {where}")
 
 
 with st.sidebar:

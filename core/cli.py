@@ -5,6 +5,11 @@
     python -m core predict RUN_DIR IMAGES... [--csv out.csv] [--top-k 3]
     python -m core export RUN_DIR --format safetensors|package|torchscript|onnx|card [--out FILE]
     python -m core evaluate RUN_DIR
+    python -m core search DATA --out DIR [--space space.json] [--sampler tpe|random|grid] [--pruner median|hyperband|none]
+                               [--trials N] [--minutes M] [--workers K] [--storage URL --study NAME] [train flags]
+    python -m core cv DATA --out DIR --folds K [--groups FILE.csv | --group-pattern REGEX] [train flags]
+    python -m core review CV_DIR [--top N]
+    python -m core ensemble RUN_OR_CV_DIR... --out DIR
 
 Exit codes: 0 done, 2 the data or config cannot be used (one line on stderr says why), 130 interrupted.
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -31,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (DataError, ConfigError, WeightsError, ImageError, ValueError) as exc:
+    except (DataError, ConfigError, WeightsError, ImageError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -69,15 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     _config_flags(f)
     f.set_defaults(run=cmd_lr_find)
 
-    r = sub.add_parser("predict", help="classify images with a run's model (the same numbers as the Predict page)")
-    r.add_argument("run_dir", type=Path)
+    r = sub.add_parser("predict", help="classify images with a run's model, an ensemble or a cross-validation's "
+                                       "fold models (the same numbers as the Predict page)")
+    r.add_argument("run_dir", type=Path, help="a run, ensemble or cross-validation folder")
     r.add_argument("images", type=Path, nargs="+", help="image files or folders (searched recursively)")
     r.add_argument("--csv", type=Path, help="write file, top-1, confidence and every class probability")
     r.add_argument("--top-k", type=int, default=3)
     r.set_defaults(run=cmd_predict)
 
-    e = sub.add_parser("export", help="write a run's model in a deployable format")
-    e.add_argument("run_dir", type=Path)
+    e = sub.add_parser("export", help="write a run's model (or an ensemble's graph) in a deployable format")
+    e.add_argument("run_dir", type=Path, help="a run folder, or an ensemble folder (torchscript and onnx)")
     e.add_argument("--format", required=True, choices=sorted(EXPORTS))
     e.add_argument("--out", type=Path, help="file to write (default: RUN_ID with the format's extension, here)")
     e.set_defaults(run=cmd_export)
@@ -85,6 +92,47 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("worker", help="run one job of the app in this process (the app's registry starts these)")
     k.add_argument("job_dir", type=Path, help="a job folder holding job.json")
     k.set_defaults(run=cmd_worker)
+
+    s = sub.add_parser("search", help="search hyperparameters with Optuna; the train flags set the starting config",
+                       description="Resumes when DIR already holds the search (run the same command again).")
+    s.add_argument("--out", type=Path, help="search folder to write (search.json, trials.json, the best run)")
+    s.add_argument("--space", type=Path, help="JSON: {setting: {low, high[, log]} | {choices: [...]}}")
+    s.add_argument("--metric", choices=("val_acc", "val_balanced_acc", "val_macro_f1", "val_loss"), default="val_acc")
+    s.add_argument("--sampler", choices=("tpe", "random", "grid"), default="tpe")
+    s.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
+    s.add_argument("--trials", type=int, help="finished trials in the study, all workers together (default 100; "
+                                              "given again on a resume, it extends the search)")
+    s.add_argument("--minutes", type=float, help="wall-clock budget (default 0: none)")
+    s.add_argument("--workers", type=int, default=1, help="processes on this machine, one study")
+    s.add_argument("--grid-points", type=int, default=4, help="grid: values per numeric range")
+    s.add_argument("--storage", default="", help="an Optuna storage URL shared by machines (default: a journal "
+                                                 "file in DIR)")
+    s.add_argument("--study", default="", help="the study's name in the storage (default: DIR's name)")
+    s.add_argument("--join", type=Path, metavar="DIR", help=argparse.SUPPRESS)  # an extra worker of --workers
+    s.add_argument("--worker", type=int, default=1, help=argparse.SUPPRESS)  # its number: its own sampler seed
+    s.add_argument("--quiet", action="store_true")
+    _config_flags(s)
+    s.set_defaults(run=cmd_search)
+
+    c = sub.add_parser("cv", help="k-fold cross-validation (group-aware with --groups, --group-pattern or "
+                                  "--group-level); one run folder per fold, out-of-fold predictions, cv.json")
+    c.add_argument("--out", type=Path, help="folder to write")
+    c.add_argument("--resume", type=Path, metavar="CV_DIR", help="continue a stopped cross-validation")
+    c.add_argument("--quiet", action="store_true")
+    _config_flags(c)
+    c.set_defaults(run=cmd_cv)
+
+    rv = sub.add_parser("review", help="rank the images whose label is most likely wrong, from a cross-validation's "
+                                       "out-of-fold predictions; writes CV_DIR/label_issues.csv")
+    rv.add_argument("cv_dir", type=Path)
+    rv.add_argument("--top", type=int, default=20, help="suspects to print (the CSV has them all)")
+    rv.set_defaults(run=cmd_review)
+
+    en = sub.add_parser("ensemble", help="average the probabilities of runs (or of a cross-validation's folds)")
+    en.add_argument("members", type=Path, nargs="+", help="run folders and/or cross-validation folders")
+    en.add_argument("--out", type=Path, required=True, help="ensemble folder to write")
+    en.add_argument("--export", action="store_true", help="also build and check the TorchScript and ONNX graphs")
+    en.set_defaults(run=cmd_ensemble)
 
     v = sub.add_parser("evaluate", help="recompute a run's held-out predictions and scores from its weights")
     v.add_argument("run_dir", type=Path)
@@ -201,6 +249,94 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from core.experiments import search
+    from core.jobs.worker import stop_on_signals
+    from core.train.engine import fit
+
+    stop = threading.Event()
+    stop_on_signals(stop)
+    progress = [] if args.quiet else [StageProgress()]
+    if args.join:  # one more worker of a search another process started
+        search.run(args.join, progress, stop, worker=args.worker)
+        return 0
+    if args.out is None:
+        raise DataError("search needs --out DIR")
+    if (args.out / search.SEARCH_FILE).is_file():
+        print(f"resuming the search in {args.out}", file=sys.stderr)
+        search.extend(args.out, trials=args.trials, minutes=args.minutes)
+    else:
+        config = _config(args)
+        if not config.data.source:
+            raise DataError("search needs DATA: a folder or zip of images")
+        space = json.loads(args.space.read_text()) if args.space else search.spaces.default_space()
+        options = search.SearchConfig(space=space, metric=args.metric, sampler=args.sampler, pruner=args.pruner,
+                                      trials=args.trials or 100, minutes=args.minutes or 0.0, workers=args.workers,
+                                      seed=config.seed, grid_points=args.grid_points, storage=args.storage,
+                                      study=args.study)
+        if not config.threads:
+            config.threads = max(1, (os.cpu_count() or 1) // args.workers)
+        search.create(config, options, args.out)
+    summary = search.run_workers(args.out, progress, stop)
+    print(f"\n{summary['status']}: {summary['trials']} trials ({summary['pruned']} pruned, {summary['failed']} failed)"
+          f" in {summary['elapsed']:.0f} s")
+    if summary["best_params"] is None:
+        if summary["status"] == "stopped":
+            return 130
+        raise DataError(summary["error"] or "no trial completed: see the errors in trials.json")
+    print(f"best {summary['search']['metric']} {summary['best_value']:.4f} (trial {summary['best_trial']}):")
+    for name, value in summary["best_params"].items():
+        print(f"  {name:<28} {value}")
+    if summary["status"] == "stopped":
+        print(f"resume with: python -m core search --out {args.out}", file=sys.stderr)
+        return 130
+    best_dir = args.out / "best"
+    print(f"training the best trial as a run in {best_dir}", file=sys.stderr)
+    result = fit(search.best_config(args.out), best_dir, progress, stop)
+    search.record_best_run(args.out, best_dir)
+    print(f"  run folder        {result.run_dir}")
+    return 0 if result.status == "finished" else 130
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from core import runs
+    from core.experiments import crossval
+    from core.jobs.worker import stop_on_signals
+
+    if args.resume:
+        args.out = args.resume
+        doc = runs.read_json(args.resume / crossval.CV_FILE)
+        if not doc:
+            raise DataError(f"{args.resume} is not a cross-validation folder (it has no {crossval.CV_FILE})")
+        config = RunConfig.from_dict(doc["config"])
+    else:
+        if args.out is None:
+            raise DataError("cv needs --out DIR (or --resume CV_DIR)")
+        config = _config(args)
+        if not config.data.source:
+            raise DataError("cv needs DATA: a folder or zip of images")
+        if config.data.folds == 0:
+            config.data.folds = 5
+    stop = threading.Event()
+    stop_on_signals(stop)
+    summary = crossval.cross_validate(config, args.out, [] if args.quiet else [StageProgress(), TerminalProgress()],
+                                      stop, resume=bool(args.resume))
+    print(f"\n{summary['status']}: {len(summary['folds'])} of {summary['k']} folds"
+          + (f"; groups: {summary['groups']['source']}" if summary.get("groups") else ""))
+    for row in summary["folds"]:
+        print(f"  fold {row['fold'] + 1}: {row['images']} images  val_acc {row['val_acc']:.4f}  "
+              f"val_macro_f1 {row['val_macro_f1']:.4f}")
+    for metric in ("val_acc", "val_macro_f1", "val_ece"):
+        mean, std = summary["mean"][metric], summary["std"][metric]
+        if mean is not None:
+            print(f"  {metric:<13} {mean:.4f} ± {std if std is not None else float('nan'):.4f}")
+    print(f"  folder            {args.out}")
+    if summary["status"] != "finished":
+        print(f"resume with: python -m core cv --resume {args.out}", file=sys.stderr)
+        return 130
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from core.jobs.worker import run
 
@@ -212,9 +348,11 @@ EXPORTS = {"safetensors": ".safetensors", "package": ".zip", "torchscript": ".to
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from core.evaluate.predict import Predictor, image_files, predictions_csv, top_k
+    from core.evaluate.predict import image_files, load_any, predictions_csv, top_k
 
-    predictor = Predictor.load(_run_dir(args.run_dir))
+    if not any((args.run_dir / name).is_file() for name in ("ensemble.json", "cv.json")):
+        _run_dir(args.run_dir)
+    predictor = load_any(args.run_dir)
     names, skipped, probs = predictor.classify((str(p), p) for p in image_files(args.images))
     for name, reason in skipped:
         print(f"skipped {name}: {reason}", file=sys.stderr)
@@ -232,12 +370,55 @@ def cmd_export(args: argparse.Namespace) -> int:
     from core.deploy import export
     from core.deploy import model_card
 
+    if (args.run_dir / "ensemble.json").is_file():
+        from core.deploy import ensemble_export
+
+        if args.format not in ensemble_export.EXPORT_FILES:
+            raise DataError(f"an ensemble exports as {' or '.join(ensemble_export.EXPORT_FILES)}, not {args.format}")
+        for path in ensemble_export.build(args.run_dir, args.format):
+            print(f"wrote {path}")
+        return 0
     run_dir = _run_dir(args.run_dir)
     make = {"safetensors": export.weights_bytes, "package": export.package, "torchscript": export.torchscript,
             "onnx": export.onnx, "card": lambda d: model_card.card(d).encode()}[args.format]
     out = args.out or Path(run_dir.name + EXPORTS[args.format])
     out.write_bytes(make(run_dir))
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from core.evaluate import label_review
+
+    found = label_review.review(args.cv_dir)
+    print(f"{len(found)} images whose label is likely wrong, most suspect first (all in "
+          f"{args.cv_dir / label_review.CSV_FILE}):")
+    for row in found[: args.top]:
+        print(f"  {row['score']:.4f}  {row['path']}  given {row['given']}, suggested {row['suggested']}")
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from core.evaluate import ensemble
+
+    spec = ensemble.create(args.members, args.out)
+    results = ensemble.evaluate(args.out)
+    print(f"ensemble of {len(spec['members'])} models in {args.out}")
+    if results.get("note"):
+        print(results["note"])
+    for split in ("val", "test"):
+        if r := results.get(split):
+            print(f"{split} ({r['images']} images shared by every member):")
+            print(f"  {'model':<28} {'acc':>7} {'macro F1':>9} {'ECE':>7}")
+            for m in r["members"]:
+                print(f"  {m['name']:<28} {m['acc']:7.4f} {m['macro_f1']:9.4f} {m['ece']:7.4f}")
+            print(f"  {'ensemble':<28} {r['acc']:7.4f} {r['macro_f1']:9.4f} {r['ece']:7.4f}")
+    if args.export:
+        from core.deploy import ensemble_export
+
+        for fmt in ensemble_export.EXPORT_FILES:
+            for path in ensemble_export.build(args.out, fmt):
+                print(f"wrote {path}")
     return 0
 
 
@@ -274,6 +455,13 @@ class _Bar:
         end = "\n" if done >= total else ""
         sys.stderr.write(f"\r{self.label} [{bar}] {done}/{total} eta {eta:4.0f}s {suffix}{end}")
         sys.stderr.flush()
+
+
+class StageProgress(Callback):
+    """One line per fit of a search or cross-validation."""
+
+    def on_stage(self, index: int, total: int, label: str) -> None:
+        print(f"[{index}/{total}] {label}", file=sys.stderr)
 
 
 class TerminalProgress(Callback):

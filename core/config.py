@@ -190,6 +190,6 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    if hint in (int, str, bool) and not (type(value) is hint):
+    if hint in (int, float, str, bool) and not (type(value) is hint):
         raise ConfigError(f"'{where}' must be {hint.__name__}, got {value!r}")
     return value

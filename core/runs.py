@@ -9,6 +9,9 @@ RUN_DIR/model.safetensors     best weights
 RUN_DIR/status.json           running | finished | stopped | failed, with a message
 RUN_DIR/predictions.jsonl     held-out images with their probabilities, and results.json: see evaluate/heldout.py
 RUN_DIR/exports/              TorchScript and ONNX, built and checked on request (export.py)
+
+A cross-validation folder holds one run folder per fold beside CV_FILE and OOF_FILE (experiments/crossval.py);
+what reads a cross-validation (label review, ensembles, predict) knows it by CV_FILE.
 """
 from __future__ import annotations
 
@@ -26,6 +29,9 @@ from typing import Any, Iterator
 import torch
 from safetensors.torch import save_file
 
+
+CV_FILE = "cv.json"
+OOF_FILE = "oof_predictions.jsonl"
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once, at import: os.umask only reads by writing

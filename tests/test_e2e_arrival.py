@@ -28,10 +28,15 @@ pytestmark = pytest.mark.slow
 
 RUN_ID = "20240101-000000-a1b2c3"  # named by the links below; a newer run sits beside it, so the link must win
 NEWER_RUN_ID = "20240102-000000-d4e5f6"
-TITLES = ["Home", "Data", "Model", "Train", "Results", "Predict", "Runs"]
+CV_ID = "20240103-000000-c0ffee"
+TITLES = ["Home", "Data", "Model", "Train", "Results", "Predict", "Runs", "Search", "Cross-validate", "Label review",
+          "Ensembles"]
 ARRIVALS = [("/", "Fine-Tune Lab"), ("/data", "Data"), ("/model", "Model"), ("/train", "Train"),
-            ("/results", "Results"), ("/predict", "Predict"), ("/runs", "Runs"),
-            (f"/train?run={RUN_ID}", "Train"), (f"/results?run={RUN_ID}", "Results")]
+            ("/results", "Results"), ("/predict", "Predict"), ("/runs", "Runs"), ("/search", "Hyperparameter search"),
+            ("/crossval", "Cross-validation"), ("/review", "Label review"), ("/ensembles", "Ensembles"),
+            (f"/train?run={RUN_ID}", "Train"), (f"/results?run={RUN_ID}", "Results"),
+            (f"/crossval?cv={CV_ID}", "Cross-validation"), (f"/review?cv={CV_ID}", "Label review"),
+            (f"/ensembles?cv={CV_ID}", "Ensembles"), ("/search?search=gone", "Hyperparameter search")]
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +55,9 @@ def home_with_runs(tmp_path_factory) -> Path:
                     "--threads", "1"], cwd=ROOT, env=os.environ | {"FTLAB_HOME": str(home / "workspace")},
                    check=True, capture_output=True)
     shutil.copytree(runs / RUN_ID, runs / NEWER_RUN_ID)
+    subprocess.run([sys.executable, "-m", "core", "cv", str(data), "--out", str(home / "workspace" / "cv" / CV_ID),
+                    "--folds", "2", "--epochs", "1", "--threads", "1"], cwd=ROOT,
+                   env=os.environ | {"FTLAB_HOME": str(home / "workspace")}, check=True, capture_output=True)
     return home
 
 
@@ -78,6 +86,12 @@ def test_every_page_works_as_the_first_page_of_a_fresh_server(home_with_runs, br
             expect(page.get_by_role("combobox", name="Run")).to_have_value(re.compile(RUN_ID))  # not the newest
         if path.startswith("/train?"):
             expect(page.get_by_role("link", name="Open its results")).to_be_visible()
+        if path.startswith("/crossval?"):
+            expect(page.get_by_text("Pooled out-of-fold confusion matrix")).to_be_visible()
+        if path.startswith(("/review?", "/crossval?")):
+            assert CV_ID in page.url
+        if path.startswith("/search?"):
+            expect(page.get_by_text("There is no search 'gone' here")).to_be_visible()
     finally:
         shot(page, "arrival-" + (re.sub(r"\W+", "-", path).strip("-") or "home"))
         page.context.close()

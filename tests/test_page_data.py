@@ -154,3 +154,22 @@ def png_bomb() -> bytes:
     """A complete 10,000 x 10,000 PNG in a few KB: decoding it would take 100 Mpx of memory."""
     from test_images import png_header_only
     return png_header_only(10_000, 10_000, rows=10_000)
+
+
+def test_groups_set_on_the_data_page_keep_each_patient_in_one_split_for_every_seed(at):
+    upload = [(f"scans/{name}/P{c}{p}_slice{i}.png", image_bytes(COLOURS[c], seed=c * 100 + p * 10 + i), "image/png")
+              for c, name in enumerate(("benign", "tumour")) for p in range(5) for i in range(3)]
+    at.file_uploader(key="folder").set_value(upload).run()
+    button(at, "Use this folder").click().run()
+    at.radio(key="data-groups").set_value("pattern").run()
+    assert not at.exception and not at.error
+    assert any("10 groups (pattern" in c.value for c in at.caption)
+    config = at.session_state["config"]
+    assert config.data.group_pattern == r"(?P<group>P\d+)_"  # what a run started later splits by
+    for seed in range(12):
+        at.number_input(key="data-split-seed").set_value(seed).run()
+        dataset = at.session_state["dataset"]
+        split_of = {}
+        for sample in dataset.samples:
+            assert split_of.setdefault(sample.group, sample.split) == sample.split, (seed, sample.group)
+        assert {"train", "val"} <= set(split_of.values())

@@ -7,6 +7,7 @@ and so every page draws the same thing the same way. Inputs are what the run fol
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import altair as alt
@@ -180,3 +181,73 @@ def reliability(bins: list[dict[str, Any]]) -> alt.LayerChart:
                  alt.Tooltip("accuracy:Q", format=".1%")],
     )
     return alt.layer(diagonal, line, points).properties(width="container")
+
+
+def search_history(trials: list[dict[str, Any]], maximize: bool = True) -> alt.LayerChart:
+    """Each finished trial's score by trial number, coloured by how it ended, under the best-so-far line."""
+    rows = [t for t in trials if t.get("value") is not None or t.get("intermediate")]
+    data = pd.DataFrame([{"trial": t["number"], "state": t["state"],
+                          "value": t["value"] if t["value"] is not None else _last(t["intermediate"])}
+                         for t in rows], columns=["trial", "state", "value"])
+    best, line = None, []
+    for row in sorted((t for t in rows if t["state"] == "complete"), key=lambda t: t["number"]):
+        if best is None or (row["value"] > best if maximize else row["value"] < best):
+            best = row["value"]
+        line.append({"trial": row["number"], "best": best})
+    y = alt.Y("value:Q", title="score", scale=alt.Scale(zero=False))
+    points = alt.Chart(data).mark_circle(size=60).encode(
+        x=alt.X("trial:Q", title="trial", axis=alt.Axis(tickMinStep=1)), y=y,
+        color=alt.Color("state:N", title="trial", sort=["complete", "pruned", "fail"]),
+        tooltip=[alt.Tooltip("trial:Q"), alt.Tooltip("state:N"), alt.Tooltip("value:Q", format=".4f")])
+    best_line = alt.Chart(pd.DataFrame(line, columns=["trial", "best"])).mark_line(
+        interpolate="step-after", color="black").encode(
+        x="trial:Q", y=alt.Y("best:Q", title="score"), tooltip=[alt.Tooltip("best:Q", title="best so far", format=".4f")])
+    return alt.layer(points, best_line).properties(width="container")
+
+
+def _last(intermediate: dict[str, float]) -> float | None:
+    """A pruned trial's score: its last reported epoch (JSON keys are strings)."""
+    return intermediate[max(intermediate, key=int)] if intermediate else None
+
+
+def importances(values: dict[str, float]) -> alt.Chart:
+    """Parameter importances (they sum to 1), most important on top."""
+    data = pd.DataFrame([{"parameter": k, "importance": v} for k, v in values.items()],
+                        columns=["parameter", "importance"])
+    return alt.Chart(data).mark_bar().encode(
+        x=alt.X("importance:Q", axis=alt.Axis(format=".0%")), y=alt.Y("parameter:N", sort="-x", title=None),
+        tooltip=[alt.Tooltip("parameter:N"), alt.Tooltip("importance:Q", format=".1%")],
+    ).properties(width="container")
+
+
+def parallel_coordinates(trials: list[dict[str, Any]], space: dict[str, dict[str, Any]]) -> alt.Chart:
+    """One line per completed trial across its parameters, each axis scaled to its range (log ranges on a log
+    scale, choices in their listed order), coloured by the score: where good trials cluster reads at a glance."""
+    rows = []
+    for t in trials:
+        if t["state"] != "complete" or t.get("value") is None:
+            continue
+        for name, spec in space.items():
+            if name in t["params"]:
+                rows.append({"trial": t["number"], "parameter": name, "score": t["value"],
+                             "position": _position(t["params"][name], spec), "value": str(t["params"][name])})
+    data = pd.DataFrame(rows, columns=["trial", "parameter", "score", "position", "value"])
+    return alt.Chart(data).mark_line(opacity=0.6).encode(
+        x=alt.X("parameter:N", sort=list(space), title=None),
+        y=alt.Y("position:Q", title="position in range", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("score:Q", scale=alt.Scale(scheme="viridis")), detail="trial:N",
+        tooltip=[alt.Tooltip("trial:N"), alt.Tooltip("parameter:N"), alt.Tooltip("value:N"),
+                 alt.Tooltip("score:Q", format=".4f")],
+    ).properties(width="container")
+
+
+def _position(value: Any, spec: dict[str, Any]) -> float:
+    if "choices" in spec:
+        choices = [str(c) for c in spec["choices"]]
+        return choices.index(str(value)) / max(len(choices) - 1, 1) if str(value) in choices else 0.0
+    low, high = spec["low"], spec["high"]
+    if high == low:
+        return 0.5
+    if spec.get("log"):
+        return (math.log(value) - math.log(low)) / (math.log(high) - math.log(low))
+    return (value - low) / (high - low)

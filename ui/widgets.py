@@ -3,10 +3,13 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.config import DataConfig
+from core.data.groups import MAX_CSV_BYTES
 from core.deploy import export
 from core.deploy import model_card
 from core.data.images import ImageError, decode_image, to_pil
 from core.evaluate.predict import Predictor
+from core.runs import replace_atomically
 
 
 def downloads(run_dir: Path, run_id: str, every_format: bool = False) -> None:
@@ -77,3 +80,97 @@ def set_url(name: str, value: str) -> None:
     """Put the dataset or run into the URL and the session (app.py restores it after a page switch)."""
     st.query_params[name] = value
     st.session_state[f"url-{name}"] = value
+
+
+GROUP_SOURCES = {"none": "No groups: every image stands alone", "pattern": "A pattern in the file path",
+                 "level": "A folder level below the class folder", "csv": "A CSV file (path,group)"}
+
+
+def group_settings(data: DataConfig, dataset_root: Path, key: str) -> None:
+    """Where patient/specimen ids come from, set on `data` in place: images of one group then never straddle
+    two splits or folds. An uploaded CSV is stored beside the dataset copy (data, bounded, never executed)."""
+    current = "pattern" if data.group_pattern else "level" if data.group_level else "csv" if data.groups else "none"
+    source = st.radio("Images of one patient or specimen", list(GROUP_SOURCES), list(GROUP_SOURCES).index(current),
+                      format_func=GROUP_SOURCES.get, key=f"{key}-groups", horizontal=True,
+                      help="Several images of one patient in both training and validation inflate the score.")
+    data.groups, data.group_pattern, data.group_level = "", "", 0
+    if source == "pattern":
+        data.group_pattern = st.text_input("Pattern (a regular expression with a part named group)",
+                                           value=r"(?P<group>P\d+)_", key=f"{key}-pattern",
+                                           help=r"(?P<group>P\d+)_ finds P017 in tumour/P017_slice3.png")
+    elif source == "level":
+        data.group_level = st.number_input("Folder level (1 = the folder right below the class folder)", 1, 20, 1,
+                                           key=f"{key}-level")
+    elif source == "csv":
+        stored = dataset_root / "groups.csv"
+        upload = st.file_uploader("Groups CSV with columns path,group", type=["csv"], key=f"{key}-csv")
+        if upload is not None:
+            if upload.size > MAX_CSV_BYTES:
+                st.error(f"That CSV is {upload.size / 1e6:.0f} MB; at most {MAX_CSV_BYTES // 1024**2} MB is read.")
+            else:
+                with replace_atomically(stored) as tmp:
+                    tmp.write_bytes(upload.getvalue())
+        if stored.is_file():
+            data.groups = str(stored)
+            st.caption(f"Using {stored.name} ({stored.stat().st_size:,} bytes), kept with the dataset.")
+        else:
+            st.caption("Upload the CSV: one row per image, its path as the Data page lists it, and its group.")
+
+
+def pick_from_url(label: str, ids: list[str], param: str, key: str, describe) -> str:
+    """A chooser whose choice lives in the URL (?param=id), so a link, a job just started and the user's own pick
+    all show the same thing. Call after a `missing_link` check; ids must not be empty. `describe` must not change
+    while the page is open (a status would: the option would no longer match the one chosen)."""
+    chosen = st.query_params.get(param, "")
+    st.session_state[key] = chosen if chosen in ids else ids[0]
+    pick = st.selectbox(label, ids, key=key, format_func=lambda i: f"{i} · {describe(i)}",
+                        on_change=lambda: set_url(param, st.session_state[key]))
+    if pick != chosen:
+        set_url(param, pick)
+        if not chosen:
+            st.rerun()  # from the top, so a live view polls when the newest is running
+    return pick
+
+
+def missing_link(ids: list[str], param: str, noun: str) -> bool:
+    """Say so when the URL names something that is not here (deleted, another server's, or mistyped)."""
+    chosen = st.query_params.get(param, "")
+    if chosen and chosen not in ids:
+        st.warning(f"There is no {noun} {chosen!r} here; start one below or pick another.")
+        return True
+    return False
+
+
+def job_progress(registry, snap, key: str, doing: str = "") -> None:
+    """A job of fits (search, cross-validation, ensemble): where it is, time left, Stop; its error once it ended."""
+    if snap is None:
+        return
+    if snap.active:
+        where = snap.stage[2] if snap.stage else doing or snap.status
+        epoch = f" · epoch {snap.epoch}/{snap.epochs}" if snap.epoch else ""
+        left = f", about {snap.eta:.0f} s left" if snap.eta is not None else ""
+        st.progress(snap.progress, text=f"{where}{epoch}{left}")
+        if st.button("Stop", key=f"{key}-stop"):
+            registry.stop(snap.id)
+    if snap.error:
+        st.error(snap.error)
+
+
+def resume_button(registry, kind: str, folder: Path, status: str, key: str, label: str = "Resume") -> None:
+    """Offered for what ended early (stopped, failed, or its worker died with the server); kept work is kept."""
+    if status in ("stopped", "interrupted", "failed") and st.button(label, key=f"{key}-resume"):
+        try:
+            registry.resume(kind, folder)
+        except ValueError as exc:  # already running in another tab
+            st.error(str(exc))
+        else:
+            st.rerun()
+
+
+def rerun_when_done(snap, key: str) -> None:
+    """Inside a polling fragment: one whole-page rerun when the followed job ends, so the polling stops."""
+    if snap is not None and not snap.active and st.session_state.get(f"{key}-seen") == snap.id:
+        st.session_state[f"{key}-seen"] = None
+        st.rerun()
+    if snap is not None and snap.active:
+        st.session_state[f"{key}-seen"] = snap.id

@@ -1,21 +1,25 @@
 """Data: bring images in (folder, zip, server folder or the sample) and see what the app made of them."""
+import copy
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from ui import charts
-from core.config import workspace_root
+from core.config import RunConfig, workspace_root
+from core.evaluate import leakage
 from core.data.images import IMAGE_EXTENSIONS, ImageError, decode_image, to_pil
 from core.data.sample_data import describe, write_sample
-from core.data.sources import DataError, server_folder
+from core.data.sources import DataError, server_folder, stored
 from core.data.validation import load_dataset, open_dataset
-from ui.widgets import set_url
+from ui.widgets import group_settings, set_url
 
 SERVER_ROOT = Path(os.environ.get("FTLAB_DATA_ROOT", workspace_root() / "server-data"))
 THUMBS_PER_CLASS = 8
+PAIRS_SHOWN = 20  # with thumbnails; the rest in a table
 
 st.title("Data")
 st.write("One subfolder per class (`cats/1.jpg`, `dogs/2.png`), or `train/`, `val/` (and `test/`) folders "
@@ -76,12 +80,20 @@ split.test_ratio = c2.slider("Test share", 0.0, 0.4, split.test_ratio, 0.05, hel
 split.split_seed = int(c3.number_input("Split seed", 0, 10_000, split.split_seed,
                                        help="The same seed gives the same split.", key="data-split-seed"))
 try:
+    group_settings(split, stored(workspace_root(), key).root, "data")
     dataset = open_dataset(key, workspace_root(), split)
 except (DataError, ValueError) as exc:
     st.error(str(exc))
     st.stop()
 st.session_state.dataset = dataset
 report = dataset.report
+if report.groups:
+    st.caption(f"{report.groups['count']} groups ({report.groups['source']}): each one lies wholly in train, val "
+               "or test, never in two.")
+if report.label_review:
+    review = report.label_review
+    st.caption(f"Labels version {review['version']} from label review: {review['relabelled']} corrected, "
+               f"{review['excluded']} excluded; the uploaded originals are untouched.")
 
 for error in report.errors:
     st.error(error)
@@ -103,6 +115,12 @@ if report.skipped:
         st.dataframe(pd.DataFrame([{"file": s.path, "reason": s.reason} for s in report.skipped]),
                      hide_index=True, width="stretch")
 
+def thumbnail(path: Path, side: int = 160):
+    picture = to_pil(decode_image(path, min_side=96))
+    picture.thumbnail((side, side))
+    return picture
+
+
 st.subheader("Thumbnails")
 for label, name in enumerate(dataset.classes):
     samples = [s for s in dataset.samples if s.label == label][:THUMBS_PER_CLASS]
@@ -110,8 +128,90 @@ for label, name in enumerate(dataset.classes):
     cols = st.columns(THUMBS_PER_CLASS)
     for col, sample in zip(cols, samples):
         try:
-            picture = to_pil(decode_image(dataset.data_dir / sample.path, min_side=96))
-            picture.thumbnail((160, 160))
-            col.image(picture, caption=Path(sample.path).name[:18])
+            col.image(thumbnail(dataset.data_dir / sample.path), caption=Path(sample.path).name[:18])
         except ImageError as exc:
             col.caption(str(exc))
+
+if not report.trainable:
+    st.stop()
+
+st.subheader("Near-duplicates across splits")
+st.write("A copy of a training image in validation or test (saved again, resized, cropped a little) is graded on "
+         "something the model has already seen, so accuracy looks better than it will be on new images. This check "
+         "compares every image with every other through the backbone's features and lists the close pairs that "
+         "sit in different splits.")
+registry = st.session_state.registry
+check = leakage.measured_config(st.session_state.config)
+check.data.source = str(dataset.data_dir)
+job = registry.snapshot(st.session_state.get("leakage-job", ""))
+if job and leakage.settings(RunConfig.from_dict(job.config)) != leakage.settings(check):
+    job = None  # a check of other data or another split
+
+
+def show_pairs(result: dict) -> None:
+    pairs, counts, threshold = result["pairs"], result["counts"], result["threshold"]
+    st.caption(f"Checked {time.strftime('%Y-%m-%d %H:%M', time.localtime(result['written_at']))}.")
+    if not pairs:
+        st.success(f"No near-duplicates across splits: no two images in different splits reach a similarity of "
+                   f"{threshold:.2f}.")
+        return
+    where = ", ".join(f"{n} {name.replace('-', '/')}" for name, n in counts.items() if "-" in name and n)
+    more = " (the most similar; there may be more)" if result["truncated"] else ""
+    st.warning(f"{len(pairs)} pairs of near-identical images sit in different splits{more}: {where}. "
+               f"Two different classes in {counts['different_class']} of them.")
+    st.write("**What to do:** if a pair shows the same patient, specimen or scene, set groups (a CSV, a path pattern "
+             "or a folder level) so all its images stay in one split; if one image is a plain copy, remove it from "
+             "your data and load the data again. A pair with two classes is a mislabel or an ambiguous picture: "
+             f"fix the label or remove one. Similarity is 1.0 for identical pictures; pairs from {threshold:.2f} up "
+             "are listed.")
+    for pair in pairs[:PAIRS_SHOWN]:
+        left, right, about = st.columns([2, 2, 3])
+        for col, side in ((left, "a"), (right, "b")):
+            try:
+                col.image(thumbnail(dataset.data_dir / pair[side]),
+                          caption=f"{pair['split_' + side]} · {pair['class_' + side]}")
+            except ImageError as exc:
+                col.caption(str(exc))
+        about.markdown(f"similarity **{pair['similarity']:.3f}**"
+                       + (" · :orange[different classes]" if pair["different_class"] else ""))
+        about.caption(f"{pair['a']}  \n{pair['b']}")
+    if len(pairs) > PAIRS_SHOWN:
+        with st.expander(f"All {len(pairs)} pairs"):
+            st.dataframe(pd.DataFrame(pairs), hide_index=True, width="stretch")
+
+
+@st.fragment(run_every=1.0 if job and job.active else None)
+def near_duplicates() -> None:
+    """The check runs as a job (a worker process); this part of the page follows it, then shows what it found."""
+    snap = registry.snapshot(job.id) if job else None
+    if snap and snap.active:
+        st.session_state["leakage-seen"] = snap.id
+        where = (f"queued #{snap.queue_position}" if snap.status == "queued" else
+                 f"computing features, batch {snap.batch}/{snap.batches}" if snap.phase == "features" and snap.batches
+                 else "starting")
+        st.progress(snap.batch / snap.batches if snap.batches else 0.0, text=f"Near-duplicate check: {where}")
+        if st.button("Stop the check", key="leakage-stop"):
+            registry.stop(snap.id)
+        return
+    if snap and st.session_state.get("leakage-seen") == snap.id:
+        st.session_state["leakage-seen"] = None
+        st.rerun()  # polling stops
+    if snap and snap.error:
+        st.error(snap.error)
+    elif snap and snap.status == "stopped":
+        st.info("The check was stopped before it finished.")
+    for _, level, text in snap.messages if snap else ():
+        if level == "warning":
+            st.warning(text)
+    done = snap.run_dir if snap and snap.status == "finished" else leakage.previous(registry.roots["leakage"], check)
+    if st.button("Look for near-duplicates" if done is None else "Check again", key="leakage-start",
+                 help="Runs every image through the default backbone once (cached: training with it reuses the "
+                      "features); a minute or two per thousand images on a small CPU."):
+        st.session_state["leakage-job"] = registry.near_duplicates(copy.deepcopy(check))
+        st.rerun()  # the fragment polls from the next full run
+    result = leakage.read(done) if done else None
+    if result:
+        show_pairs(result)
+
+
+near_duplicates()

@@ -1,4 +1,7 @@
-"""Predict: try a trained run on new images, with the run's own preprocessing; download the table as CSV."""
+"""Predict: try a trained run, or an ensemble of runs, on new images, each model with its own preprocessing;
+download the table as CSV."""
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 import torch
@@ -6,27 +9,56 @@ import torch
 from core.data.augment import denormalize
 from core.config import workspace_root
 from core.data.images import IMAGE_EXTENSIONS, to_pil
+from core.evaluate.ensemble import EnsemblePredictor, list_ensembles, stamp
 from core.evaluate.predict import predictions_csv, top_k
 from core.runs import list_runs
 from ui.widgets import pick_run, predictor
 
 SHOWN = 24
 
+
+@st.cache_resource(max_entries=2, show_spinner=False)
+def ensemble_predictor(folder: str, version: float) -> EnsemblePredictor:
+    """Loaded once per server while the ensemble and its members' weights stay the same."""
+    return EnsemblePredictor.load(Path(folder))
+
+
 st.title("Predict")
 runs = [r for r in list_runs(workspace_root() / "runs") if (r["run_dir"] / "model.safetensors").is_file()]
-if not runs:
+ensembles = list_ensembles(workspace_root() / "ensembles")
+if not runs and not ensembles:
     st.info("No trained model yet: train one on the Train page.")
     st.stop()
-chosen = pick_run(runs, "Model (a run)", "predict-run", lambda r: f"{r['backbone']} · val accuracy "
-                  + (f"{r['val_acc']:.1%}" if r["val_acc"] is not None else "-"))
-run_id = chosen["id"]
+by_id = {e["id"]: e for e in ensembles}
+wanted = st.query_params.get("ensemble")  # a link from the Ensembles page names one
+use_ensemble = bool(ensembles) and (not runs or st.radio(
+    "Predict with", ["A run", "An ensemble"], index=int(wanted in by_id), horizontal=True,
+    key="predict-kind") == "An ensemble")
 try:
-    model = predictor(str(chosen["run_dir"]))
+    if use_ensemble:
+        model_id = st.selectbox("Model (an ensemble)", list(by_id), index=list(by_id).index(wanted) if wanted in by_id
+                                else 0, key="predict-ensemble", format_func=lambda i: (
+            f"{i} · {len(by_id[i]['members'])} models"
+            + (f" · {by_id[i]['split']} accuracy {by_id[i]['acc']:.1%}" if by_id[i]["acc"] is not None else "")))
+        version = stamp(by_id[model_id]["ensemble_dir"])
+        model = ensemble_predictor(str(by_id[model_id]["ensemble_dir"]), version)
+    else:
+        chosen = pick_run(runs, "Model (a run)", "predict-run", lambda r: f"{r['backbone']} · val accuracy "
+                          + (f"{r['val_acc']:.1%}" if r["val_acc"] is not None else "-"))
+        model_id, version = chosen["id"], (chosen["run_dir"] / "model.safetensors").stat().st_mtime
+        model = predictor(str(chosen["run_dir"]))
 except (ValueError, FileNotFoundError) as exc:
-    st.error(f"{exc} Pick another run.")
+    st.error(f"{exc} Pick another {'ensemble' if use_ensemble else 'run'}.")
     st.stop()
-st.caption(f"Classes: {', '.join(model.classes)} · input {model.config.augment.image_size} px, "
-           f"resize by {model.config.augment.resize}: the same preprocessing as the run's validation.")
+shown = model.members[0] if use_ensemble else model  # whose preprocessing the pictures show
+if use_ensemble:
+    st.caption(f"Classes: {', '.join(model.classes)} · the mean of {len(model.members)} models' probabilities, each "
+               "with its own preprocessing: " + ", ".join(
+                   f"{m.run_dir.name} ({m.backbone.name}, {m.config.augment.image_size} px, {m.config.augment.resize})"
+                   for m in model.members))
+else:
+    st.caption(f"Classes: {', '.join(model.classes)} · input {model.config.augment.image_size} px, "
+               f"resize by {model.config.augment.resize}: the same preprocessing as the run's validation.")
 
 kinds = sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 files_tab, folder_tab = st.tabs(["Images", "A folder"])
@@ -42,14 +74,14 @@ if not uploads:
 
 def classify(uploads: list) -> tuple[list[str], list[tuple[str, str]], torch.Tensor, list]:
     """Once per model and set of uploads: moving the slider reruns the page, not the model."""
-    key = (chosen["id"], (chosen["run_dir"] / "model.safetensors").stat().st_mtime, tuple(u.file_id for u in uploads))
+    key = (use_ensemble, model_id, version, tuple(u.file_id for u in uploads))
     if (cached := st.session_state.get("predict-cache")) and cached[0] == key:
         return cached[1]
     with st.spinner(f"Classifying {len(uploads)} images..."):
         read, skipped, probs = model.classify((str(i), u.getvalue()) for i, u in enumerate(uploads))
     read = [uploads[int(i)] for i in read]  # by position: two uploads may share a file name
     skipped = [(uploads[int(i)].name, reason) for i, reason in skipped]
-    pictures = [to_pil(denormalize(model.tensor(u.getvalue()), model.backbone.mean, model.backbone.std))
+    pictures = [to_pil(denormalize(shown.tensor(u.getvalue()), shown.backbone.mean, shown.backbone.std))
                 for u in read[:SHOWN]]
     result = [u.name for u in read], skipped, probs, pictures
     st.session_state["predict-cache"] = (key, result)
@@ -70,7 +102,7 @@ table = pd.DataFrame({"file": names, "top-1": [r[0][0] for r in ranked], "confid
 st.dataframe(table, hide_index=True, width="stretch", key="predict-table",
              column_config={"confidence": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)})
 st.download_button("Download the predictions (CSV)", predictions_csv(names, probs, model.classes),
-                   file_name=f"predictions-{run_id}.csv", mime="text/csv", on_click="ignore", key="predict-csv")
+                   file_name=f"predictions-{model_id}.csv", mime="text/csv", on_click="ignore", key="predict-csv")
 
 if len(names) > SHOWN:
     st.caption(f"The first {SHOWN} of {len(names)} images:")

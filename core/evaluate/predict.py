@@ -7,7 +7,7 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -20,6 +20,9 @@ from core import runs
 from core.data.augment import eval_transform
 from core.config import RunConfig
 from core.data.images import ImageError, Source, decode_image, is_image_name
+
+if TYPE_CHECKING:
+    from core.evaluate.ensemble import EnsemblePredictor
 
 
 @dataclass
@@ -81,6 +84,19 @@ class Predictor:
         if batch:
             parts.append(self.probabilities(batch))
         return names, skipped, torch.cat(parts) if parts else torch.empty(0, len(self.classes))
+
+
+def load_any(path: Path) -> "Predictor | EnsemblePredictor":
+    """What `predict` and the Predict page are pointed at: an ensemble folder (ensemble.json), a cross-validation
+    folder (cv.json: its folds averaged) or a run folder. Both kinds answer the same calls."""
+    from core.evaluate.ensemble import EnsemblePredictor  # ensemble.py builds on Predictor
+
+    path = Path(path)
+    if (path / "ensemble.json").is_file():
+        return EnsemblePredictor.load(path)
+    if (path / runs.CV_FILE).is_file():
+        return EnsemblePredictor.from_runs([path])
+    return Predictor.load(path)
 
 
 def top_k(probs: torch.Tensor, classes: Sequence[str], k: int = 3) -> list[list[tuple[str, float]]]:

@@ -3,7 +3,8 @@
 A file, not a pipe, so a server started later (after a restart) can read a running worker's whole story and
 follow it from there. The worker appends; the supervising thread reads from an offset. Kinds, in `e`:
 fit_start (info, history), state (progress, with the batch losses since the last state), epoch (row, confusion),
-message (level, text), end (status, error, result).
+message (level, text), stage (index, total, label: which fit of a search or cross-validation), end (status, error,
+result).
 """
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ class EventWriter(Callback):
 
     def on_message(self, text: str, level: str = "info") -> None:
         self.emit("message", level=level, text=text)
+
+    def on_stage(self, index: int, total: int, label: str) -> None:
+        self.emit("stage", index=index, total=total, label=label)
 
     def _state(self, state: State, force: bool) -> None:
         now = time.monotonic()

@@ -29,7 +29,7 @@ class Snapshot:
     status: str  # queued | running | finished | stopped | failed
     run_dir: Path  # the job's folder: a run folder for training
     config: dict[str, Any]
-    kind: str = "train"  # train | lr-find
+    kind: str = "train"  # train | lr-find | search | cv | leakage | ensemble
     phase: str = ""  # features | train | val | lr-find
     epoch: int = 0
     epochs: int = 0
@@ -49,6 +49,7 @@ class Snapshot:
     ended_at: float | None = None
     queue_position: int = 0  # 1 = next to start
     pid: int | None = None
+    stage: tuple[int, int, str] | None = None  # (index, total, label) of a job made of fits: trial 3, fold 2 of 5
 
     @property
     def active(self) -> bool:
@@ -59,12 +60,17 @@ class Snapshot:
         """Share of the planned work done, 0..1."""
         if self.status == "finished":
             return 1.0
-        if self.kind != "train":
+        if self.kind in ("lr-find", "leakage"):  # one sweep, or features computed once: batches are the work
             return self.batch / self.batches if self.batches else 0.0
-        if not self.epochs or not self.epoch:
-            return 0.0
-        within = self.batch / self.batches if self.batches and self.phase == "train" else 1.0 if self.phase == "val" else 0.0
-        return min(1.0, (self.epoch - 1 + within) / self.epochs)
+        fit = 0.0
+        if self.epochs and self.epoch:
+            within = (self.batch / self.batches if self.batches and self.phase == "train" else
+                      1.0 if self.phase == "val" else 0.0)
+            fit = min(1.0, (self.epoch - 1 + within) / self.epochs)
+        if self.stage:
+            index, total, _ = self.stage
+            return min(1.0, (index - 1 + fit) / max(total, 1))
+        return fit
 
     @property
     def elapsed(self) -> float:
@@ -99,6 +105,7 @@ class Job:
         self._times: dict[str, float | None] = {"started": None, "ended": None}
         self._pid: int | None = None
         self._said_end: dict[str, Any] | None = None
+        self._stage: tuple[int, int, str] | None = None
         self.stop_requested_at: float | None = None
 
     @property
@@ -115,13 +122,13 @@ class Job:
             return Snapshot(
                 id=self.id, status=self._status, run_dir=self.dir, config=self.config.to_dict(), kind=self.kind,
                 phase=s.get("phase", "") if self._status == "running" else "", epoch=s.get("epoch", 0),
-                epochs=self.config.optim.epochs, batch=s.get("batch", 0), batches=s.get("batches", 0),
+                epochs=s.get("epochs") or self.config.optim.epochs, batch=s.get("batch", 0), batches=s.get("batches", 0),
                 history=tuple(dict(r) for r in self._history), batch_losses=tuple(self._batches),
                 confusion=tuple(tuple(r) for r in self._confusion) if self._confusion else None,
                 classes=tuple(self._info.get("classes", ())), groups=tuple(self._info.get("groups", ())),
                 weights=dict(self._info.get("weights", {})), messages=tuple(self._messages), error=self._error,
                 result=self._result, best_epoch=s.get("best_epoch", 0), started_at=self._times["started"],
-                ended_at=self._times["ended"], queue_position=queue_position, pid=self._pid,
+                ended_at=self._times["ended"], queue_position=queue_position, pid=self._pid, stage=self._stage,
             )
 
     def attached(self, pid: int) -> None:
@@ -139,7 +146,7 @@ class Job:
             for ev in events:
                 kind = ev["e"]
                 if kind == "state":
-                    self._progress = {k: ev[k] for k in ("epoch", "batch", "batches", "phase", "best_epoch")}
+                    self._progress = {k: ev[k] for k in ("epoch", "epochs", "batch", "batches", "phase", "best_epoch")}
                     self._batches.extend(tuple(p) for p in ev["points"])
                     if len(self._batches) > MAX_BATCH_POINTS:
                         del self._batches[::2]
@@ -149,6 +156,9 @@ class Job:
                     self._history.append(ev["row"])
                     self._confusion = ev["confusion"] or self._confusion
                     self._progress["best_epoch"] = ev["best_epoch"]
+                elif kind == "stage":  # the next fit of a search or cross-validation: its own curves
+                    self._stage = (ev["index"], ev["total"], ev["label"])
+                    self._batches, self._confusion, self._history, self._progress = [], None, [], {}
                 elif kind == "message":
                     self._messages.append((ev["t"], ev["level"], ev["text"]))
                 elif kind == "end":  # takes effect when the process has exited (see close)

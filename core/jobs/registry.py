@@ -14,13 +14,20 @@ import time
 from pathlib import Path
 
 from core.config import RunConfig
+from core.evaluate import ensemble
+from core.experiments import search
+from core.experiments.search import SearchConfig
 from core.jobs.job import Job, Snapshot
 from core.jobs.supervisor import WORKER_FILE, Supervisor, live_worker
-from core.runs import read_json
+from core.experiments.search import SEARCH_FILE
+from core.runs import CV_FILE, read_json
 
 
 class JobError(ValueError):
     """A request the registry refuses, with the reason in a sentence."""
+
+
+JOB_FOLDERS = {"lr-find": "lr-find", "search": "searches", "cv": "cv", "leakage": "leakage", "ensemble": "ensembles"}
 
 
 def max_jobs() -> int:
@@ -31,7 +38,8 @@ class JobRegistry:
     def __init__(self, runs_root: Path, max_running: int | None = None, keep_finished: int = 20,
                  threads: int | None = None):
         self.runs_root = Path(runs_root)
-        self.lr_root = self.runs_root.parent / "lr-find"  # sweeps are jobs too, but not runs
+        # Every kind of job has its folder beside the runs: sweeps, searches and cross-validations are not runs.
+        self.roots = {"train": self.runs_root} | {kind: self.runs_root.parent / name for kind, name in JOB_FOLDERS.items()}
         self.max_running = max_running or max_jobs()
         self.keep_finished = keep_finished
         # Each worker's share of the cores, fixed so a run computes the same alone or beside another job.
@@ -63,7 +71,56 @@ class JobRegistry:
         if not config.threads:
             config.threads = self.threads
         job_id = _new_id()
-        return self._enqueue(Job(job_id, "lr-find", config, self.lr_root / job_id, steps=steps))
+        return self._enqueue(Job(job_id, "lr-find", config, self.roots["lr-find"] / job_id, steps=steps))
+
+    def search(self, config: RunConfig, options: SearchConfig) -> str:
+        """Queue a hyperparameter search around `config`; its folder (search.json) is written now, so a bad space
+        is refused here, in the page, and never reaches a worker."""
+        if not config.threads:
+            config.threads = max(1, self.threads // options.workers)
+        job_id = _new_id()
+        search.create(config, options, self.roots["search"] / job_id)
+        return self._enqueue(Job(job_id, "search", config, self.roots["search"] / job_id))
+
+    def cross_validate(self, config: RunConfig) -> str:
+        """Queue a k-fold cross-validation (config.data.folds folds) of `config`."""
+        if config.data.folds < 2:
+            raise JobError("Cross-validation needs at least 2 folds.")
+        if not config.threads:
+            config.threads = self.threads
+        job_id = _new_id()
+        return self._enqueue(Job(job_id, "cv", config, self.roots["cv"] / job_id))
+
+    def near_duplicates(self, config: RunConfig) -> str:
+        """Queue the near-duplicate check of config's dataset and split (backbone features, cached)."""
+        if not config.threads:
+            config.threads = self.threads
+        job_id = _new_id()
+        return self._enqueue(Job(job_id, "leakage", config, self.roots["leakage"] / job_id))
+
+    def resume(self, kind: str, job_dir: Path) -> str:
+        """Continue a stopped or interrupted search or cross-validation from its folder."""
+        job_dir = Path(job_dir)
+        with self._lock:
+            known = self._jobs.get(job_dir.name)
+        if (known and known.snapshot().active) or live_worker(job_dir):
+            raise JobError(f"{job_dir.name} is already running: stop it first, or follow it.")
+        # job.json when the app started it; a search or cross-validation from the CLI has its config in its own file
+        config = next((doc["config"] for name in ("job.json", SEARCH_FILE, CV_FILE)
+                       if (doc := read_json(job_dir / name)) and "config" in doc), None)
+        if config is None:
+            raise JobError(f"{job_dir.name} cannot be resumed: it never started.")
+        return self._enqueue(Job(job_dir.name, kind, RunConfig.from_dict(config), job_dir, resume=True))
+
+    def ensemble(self, members: list[Path]) -> str:
+        """Combine runs (or a cross-validation's folds) now, refusing mismatched classes here; the job then scores
+        it and builds its TorchScript and ONNX graphs, each checked against the members."""
+        job_id = _new_id()
+        folder = self.roots["ensemble"] / job_id
+        spec = ensemble.create(members, folder)
+        config = RunConfig.from_json((Path(spec["members"][0]) / "config.json").read_text())
+        config.threads = config.threads or self.threads
+        return self._enqueue(Job(job_id, "ensemble", config, folder))
 
     def snapshot(self, job_id: str) -> Snapshot | None:
         with self._lock:
@@ -76,8 +133,9 @@ class JobRegistry:
             ids = list(self._jobs)
         return [s for s in (self.snapshot(i) for i in ids) if s is not None]
 
-    def active(self, kind: str = "train") -> list[Snapshot]:
-        return [s for s in self.snapshots() if s.active and s.kind == kind]
+    def active(self, kind: str | None = "train") -> list[Snapshot]:
+        """Queued and running jobs of one kind, or of every kind (None)."""
+        return [s for s in self.snapshots() if s.active and kind in (None, s.kind)]
 
     def stop(self, job_id: str) -> None:
         """Stop a running job within one batch (killed after a grace period); a queued one never starts."""
@@ -122,7 +180,7 @@ class JobRegistry:
 
     def _reattach(self) -> None:
         """Follow the workers an earlier server started and that are still running."""
-        for root in (self.runs_root, self.lr_root):
+        for root in self.roots.values():
             for info in sorted(root.glob(f"*/{WORKER_FILE}")) if root.is_dir() else ():
                 job_dir = info.parent
                 pid = live_worker(job_dir)

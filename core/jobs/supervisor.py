@@ -19,6 +19,7 @@ from typing import Callable
 from core.config import ROOT
 from core.jobs.events import EVENTS, read_events
 from core.jobs.job import JOB_FILE, STOP_FILE, Job
+from core.processes import process_start_time
 from core.runs import read_json, write_json, write_status
 
 WORKER_FILE = "worker.json"
@@ -28,16 +29,6 @@ POLL_S = 0.1
 def grace_seconds() -> float:
     """How long a stopped worker may take before it is killed (FTLAB_STOP_GRACE)."""
     return float(os.environ.get("FTLAB_STOP_GRACE", "10"))
-
-
-def process_start_time(pid: int) -> str | None:
-    """The kernel's start time of a process (Linux /proc), None when there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return None if fields[0] == "Z" else fields[19]  # a zombie has ended
 
 
 def live_worker(job_dir: Path) -> int | None:

@@ -141,12 +141,14 @@ def epoch_row(epoch: int, train: dict[str, float], val: dict[str, Any] | None) -
 
 def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
         stop_event: threading.Event | None = None, dataset: Dataset | None = None,
-        resume: bool = False) -> FitResult:
+        resume: bool = False, save_model: bool = True) -> FitResult:
     """Train as the config says, writing the run folder as it goes; returns with the best weights loaded.
 
     `resume` continues from run_dir/checkpoint.pt (written after every epoch). Whatever happens after the run
     folder exists ends in status.json: finished, stopped (a stop request, also while features are computed,
-    or Ctrl-C) or failed; never "running" for a run that ended.
+    or Ctrl-C) or failed; never "running" for a run that ended. `save_model=False` is a search trial: metrics
+    only, no checkpoint, weights or held-out predictions (writing a whole backbone every epoch would cost more
+    than a trial on cached features); a chosen trial is trained again as a run, which the seeds make identical.
     """
     cb = Callbacks(list(callbacks))
     stop_event = stop_event or threading.Event()
@@ -191,8 +193,11 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
                 names = [backbone.groups[i][0] for i, t in enumerate(now) if t and not trainable[i]]
                 cb.on_message(f"Epoch {state.epoch}: unfroze {', '.join(names)}.")
             trainable = now
-            strategies.apply_freeze(model, backbone, trainable)
-            strategies.set_train_mode(model, backbone, trainable, config.model.train_frozen_bn)
+            if net is model:
+                strategies.apply_freeze(model, backbone, trainable)
+                strategies.set_train_mode(model, backbone, trainable, config.model.train_frozen_bn)
+            else:  # the head alone, on cached features: walking the whole backbone every epoch is wasted time
+                net.train()
             cb.on_epoch_start(state)
             started = time.perf_counter()
             loaders["train"].generator.manual_seed(config.seed * 100_003 + state.epoch)  # order and loader workers
@@ -207,10 +212,11 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
             state.history.append(row)
             runs.append_jsonl(run_dir / "metrics.jsonl", row)
             score = row[monitor] if maximize else -row[monitor]
-            if best_state is None or score > state.best_score + config.early_stop.min_delta:
+            if not state.best_epoch or score > state.best_score + config.early_stop.min_delta:
                 state.best_epoch, state.best_score, bad_epochs = state.epoch, score, 0
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                runs.save_weights(run_dir / "model.safetensors", best_state)
+                if save_model:
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                    runs.save_weights(run_dir / "model.safetensors", best_state)
                 if val is not None:
                     runs.write_json(run_dir / "confusion_matrix.json",
                                     {"epoch": state.epoch, "classes": dataset.classes, "matrix": val["cm"].tolist()})
@@ -220,7 +226,8 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
                 scheduler.step()
             elif when == "metric":
                 scheduler.step(row[monitor])
-            _save_checkpoint(checkpoint, state, model, optimizer, scheduler, bad_epochs)
+            if save_model:
+                _save_checkpoint(checkpoint, state, model, optimizer, scheduler, bad_epochs)
             cb.on_epoch_end(state, row, val["cm"].tolist() if val is not None else None)
             if config.early_stop.patience and bad_epochs >= config.early_stop.patience:
                 message = (f"Early stopping: {monitor} did not improve for {bad_epochs} epochs; "
@@ -242,7 +249,7 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
         cb.on_fit_end(state, "failed")
         raise
     try:
-        if state.best_epoch:
+        if state.best_epoch and save_model:
             model.load_state_dict(best_state)
             heldout.after_fit(run_dir, p.net, {k: v for k, v in p.loaders.items() if k != "train"}, dataset, device)
     except BaseException as exc:  # the epochs are done and kept; the run still ended, as failed
@@ -298,7 +305,7 @@ def use_cached_features(p: Prepared, cb: Callback, stop_event: threading.Event) 
     if p.config.model.strategy == "linear-probe" and reason:
         cb.on_message(f"Frozen-feature fast path off: {reason}.")
     elif reason is None:
-        p.loaders = _feature_loaders(p.config, p.dataset, p.backbone, p.weights, p.model, p.device, cb, stop_event)
+        p.loaders = _feature_loaders(p, cb, stop_event)
         p.net = features.head_module(p.model, p.backbone)
 
 
@@ -316,6 +323,18 @@ def lr_find(config: RunConfig, dataset: Dataset | None = None, num_steps: int = 
     strategies.set_train_mode(p.model, p.backbone, trainable, p.config.model.train_frozen_bn)
     return find_lr(p.net, _criterion(p.config, p.dataset, p.device), _optimizer(p.config, p.model, p.backbone),
                    p.loaders["train"], p.device, num_steps=num_steps, stop_event=stop_event, on_step=on_step)
+
+
+def dataset_features(config: RunConfig, dataset: Dataset | None = None, callbacks: Sequence[Callback] = (),
+                     stop_event: threading.Event | None = None) -> tuple[Dataset, torch.Tensor]:
+    """The frozen backbone's features of every sample (dataset.samples' order), from the cache that training on
+    the same data, backbone and preprocessing fills and reuses: what near-duplicate checks compare."""
+    cb = Callbacks(list(callbacks))
+    config = copy.deepcopy(config)
+    config.model.strategy, config.feature_cache = "linear-probe", True
+    p = prepare(config, dataset, cb)
+    index, feats = _cached_features(p, cb, stop_event or threading.Event())
+    return p.dataset, feats[torch.tensor([index[s.path] for s in p.dataset.samples], dtype=torch.long)]
 
 
 def check_config(config: RunConfig) -> None:
@@ -366,10 +385,10 @@ def _loaders(config: RunConfig, dataset: Dataset, backbone: backbones.Backbone, 
     return result
 
 
-def _feature_loaders(config: RunConfig, dataset: Dataset, backbone: backbones.Backbone, weights: WeightsInfo,
-                     model: nn.Module, device: torch.device, cb: Callback, stop_event: threading.Event) -> dict:
-    """Loaders over cached features in place of images; the first run computes and stores them."""
-    path = workspace_root() / "features" / f"{features.cache_key(config, dataset, backbone, weights)}.pt"
+def _cached_features(p: Prepared, cb: Callback, stop_event: threading.Event) -> tuple[dict[str, int], torch.Tensor]:
+    """(path -> row, features) of every sample: read from the cache, or computed (with progress) and stored."""
+    config, dataset, backbone = p.config, p.dataset, p.backbone
+    path = workspace_root() / "features" / f"{features.cache_key(config, dataset, backbone, p.weights)}.pt"
     state = State(phase="features")
 
     def progress(done: int, total: int) -> None:
@@ -381,10 +400,18 @@ def _feature_loaders(config: RunConfig, dataset: Dataset, backbone: backbones.Ba
     loader = make_loader(ImageDataset(dataset.data_dir, dataset.samples,
                                       eval_transform(config.augment, backbone.mean, backbone.std),
                                       config.augment.resize_side()), FEATURE_BATCH, False, config.num_workers)
-    index, feats, reused = features.cached_features(path, model, backbone, loader, [s.path for s in dataset.samples],
-                                                    device, None if path.exists() else progress)
-    cb.on_message("Frozen backbone: training the head on " +
-                  ("cached features (computed by an earlier run)." if reused else "features computed once."))
+    index, feats, reused = features.cached_features(path, p.model, backbone, loader,
+                                                    [s.path for s in dataset.samples], p.device,
+                                                    None if path.exists() else progress)
+    cb.on_message("Frozen backbone: " + ("cached features (computed by an earlier run)." if reused else
+                                         "features computed once, and cached."))
+    return index, feats
+
+
+def _feature_loaders(p: Prepared, cb: Callback, stop_event: threading.Event) -> dict:
+    """Loaders over cached features in place of images; the first run computes and stores them."""
+    config, dataset = p.config, p.dataset
+    index, feats = _cached_features(p, cb, stop_event)
     generator = torch.Generator()
     train = dataset.split("train")
     result = {"train": features.feature_loader(index, feats, train, config.optim.batch_size, True, generator,
@@ -436,8 +463,11 @@ def _save_checkpoint(path: Path, state: State, model, optimizer, scheduler, bad_
 
 def _write_run_header(config: RunConfig, run_dir: Path, p: Prepared, fresh: bool) -> None:
     """config.json (also on resume: changed flags are what the rest of the run uses), classes, preprocessing."""
-    provenance = {"weights": p.weights.to_dict(), "dataset": {"key": p.dataset.key, "layout": p.dataset.report.layout,
-                  "splits": p.dataset.report.splits}, "device": str(p.device), "torch": torch.__version__}
+    report = p.dataset.report
+    provenance = {"weights": p.weights.to_dict(), "dataset": {
+        "key": p.dataset.key, "layout": report.layout, "splits": report.splits, "groups": report.groups,
+        "folds": report.folds, "labels_version": p.dataset.labels_version, "labels_digest": p.dataset.labels_digest},
+        "device": str(p.device), "torch": torch.__version__}
     if p.strategy_note:
         provenance["strategy"] = p.strategy_note
     if fresh:

@@ -1,0 +1,1 @@
+"""Many fits as one job: hyperparameter search and k-fold cross-validation."""
