@@ -31,6 +31,7 @@ def run(data: Path, backbone: str, fast: bool, epochs: int, size: int, home: Pat
     config.model.backbone, config.model.strategy = backbone, "linear-probe"
     config.augment.image_size, config.augment.crop_scale_min, config.augment.hflip = size, 1.0, 0.0
     config.optim.epochs, config.optim.lr = epochs, 1e-2
+    config.optim.solver = "loop"  # the same epoch loop on both paths: the head solver has no image-path twin
     config.feature_cache = fast
     start = time.perf_counter()
     result = fit(config, home / ("fast" if fast else "plain"))

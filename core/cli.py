@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("images", type=Path, nargs="+", help="image files or folders (searched recursively)")
     r.add_argument("--csv", type=Path, help="write file, top-1, confidence and every class probability")
     r.add_argument("--top-k", type=int, default=3)
+    r.add_argument("--uncertain-below", type=float, metavar="P",
+                   help="flag predictions whose top probability is below P (default: from the run's validation data)")
     r.set_defaults(run=cmd_predict)
 
     e = sub.add_parser("export", help="write a run's model (or an ensemble's graph) in a deployable format")
@@ -348,7 +350,7 @@ EXPORTS = {"safetensors": ".safetensors", "package": ".zip", "torchscript": ".to
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from core.evaluate.predict import image_files, load_any, predictions_csv, top_k
+    from core.evaluate.predict import image_files, load_any, predictions_csv, top_k, uncertain_below
 
     if not any((args.run_dir / name).is_file() for name in ("ensemble.json", "cv.json")):
         _run_dir(args.run_dir)
@@ -358,10 +360,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"skipped {name}: {reason}", file=sys.stderr)
     if not names:
         raise ImageError("no image could be read from what was given")
+    threshold = uncertain_below(predictor) if args.uncertain_below is None else args.uncertain_below
     for name, ranked in zip(names, top_k(probs, predictor.classes, args.top_k)):
-        print(f"{name}\t" + "\t".join(f"{c} {p:.4f}" for c, p in ranked))
+        flag = "\tuncertain" if ranked[0][1] < threshold else ""
+        print(f"{name}\t" + "\t".join(f"{c} {p:.4f}" for c, p in ranked) + flag)
     if args.csv:
-        args.csv.write_text(predictions_csv(names, probs, predictor.classes))
+        args.csv.write_text(predictions_csv(names, probs, predictor.classes, threshold))
         print(f"wrote {args.csv}", file=sys.stderr)
     return 0
 

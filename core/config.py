@@ -92,6 +92,10 @@ class OptimConfig:
     step_size: int = 3  # step: epochs between decays
     gamma: float = 0.1  # step and plateau: the decay factor
     clip_grad: float = 0.0  # max gradient norm; 0 = off
+    # auto: on cached features (the default linear probe) the head is solved to convergence (L-BFGS, its L2 chosen
+    # by cross-validation on the training split; optimizer, lr, epochs and weight decay then do not apply);
+    # loop: always the epoch loop with the settings above
+    solver: str = "auto"
 
 
 @dataclass

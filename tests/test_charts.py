@@ -5,6 +5,7 @@ import altair as alt
 import pandas as pd
 import pytest
 
+from core.evaluate.metrics import most_confused
 from ui import charts
 
 CLASSES = ["cat", "dog", "bird"]
@@ -151,6 +152,79 @@ def test_confusion_normalized_rows_sum_to_one_and_empty_rows_are_zero():
 def test_confusion_rejects_a_matrix_of_the_wrong_shape():
     with pytest.raises(ValueError, match="3x3"):
         charts.confusion([[1, 2], [3, 4]], CLASSES)
+
+
+def many(n, confused=()):
+    """n classes, 3 right per class, plus (true, predicted, images) confusions: a mostly empty matrix."""
+    matrix = [[3 if i == j else 0 for j in range(n)] for i in range(n)]
+    for true, pred, count in confused:
+        matrix[true][pred] = count
+    return matrix, [f"species number {i:03d} of the collection" for i in range(n)]
+
+
+def mark_layers(chart, mark):
+    return [(layer, df) for layer, df in layers(chart)
+            if (layer.mark if isinstance(layer.mark, str) else layer.mark.type) == mark]
+
+
+def test_confusion_of_a_few_classes_labels_every_cell_zeros_included():
+    matrix, classes = many(19, [(0, 1, 2)])
+    chart = charts.confusion(matrix, classes)
+    [(_, df)] = mark_layers(chart, "text")
+    assert len(df) == 19 * 19 and (df["count"] == 0).sum() == 19 * 19 - 20
+    assert chart.to_dict()["height"] == 28 * 19
+
+
+def test_confusion_of_25_classes_labels_only_the_cells_with_images_and_fits_the_page():
+    matrix, classes = many(25, [(0, 1, 2), (4, 3, 1)])
+    with_images = sorted([(classes[i], classes[i]) for i in range(25)] + [(classes[0], classes[1]), (classes[4], classes[3])])
+    for normalize in (False, True):
+        chart = charts.confusion(matrix, classes, normalize=normalize)
+        spec = chart.to_dict()
+        assert spec["width"] == "container" and spec["height"] <= 600
+        for mark in ("rect", "text"):  # zero is the blank background, with no number on it
+            [(_, cells)] = mark_layers(chart, mark)
+            assert sorted(zip(cells["true"], cells["predicted"])) == with_images
+        axes = spec["layer"][0]["encoding"]
+        assert axes["x"]["scale"]["domain"] == classes and axes["y"]["scale"]["domain"] == classes
+        assert axes["x"]["axis"]["labelLimit"] <= 100 and axes["y"]["axis"]["labelLimit"] <= 100  # long names cut
+        assert spec["layer"][0]["encoding"]["color"]["scale"]["domainMin"] == 0  # one image is not drawn as blank
+
+
+def test_confusion_of_100_classes_draws_no_numbers_stays_on_screen_and_names_cells_on_hover():
+    matrix, classes = many(100, [(7, 42, 2)])
+    chart = charts.confusion(matrix, classes)
+    spec = chart.to_dict()
+    assert spec["height"] <= 600 and spec["width"] == "container"
+    assert marks(spec) == ["rect"]  # a number in a 6-pixel cell cannot be read: colour and tooltip carry it
+    [(_, cells)] = layers(chart)
+    enc = spec["encoding"]
+    assert enc["x"]["axis"]["labels"] is False and enc["y"]["axis"]["labels"] is False
+    assert {t["field"]: t["title"] for t in enc["tooltip"]} == {
+        "true": "true class", "predicted": "predicted class", "count": "images", "share": "row share"}
+    hovered = cells.set_index(["true", "predicted"]).loc[(classes[7], classes[42])]
+    assert hovered["count"] == 2 and hovered["share"] == pytest.approx(0.4)
+    assert len(cells) == 101 and enc["x"]["scale"]["domain"] == classes  # sent: the cells with images, not 10,000
+
+
+def test_most_confused_counts_most_first_ties_by_share_of_the_true_class():
+    matrix = [[6, 2, 0, 2],   # cat: 10 images
+              [1, 1, 2, 0],   # dog: 4 images, 2 as bird = 50%
+              [0, 0, 0, 0],   # bird: none
+              [0, 3, 0, 9]]
+    classes = ["cat", "dog", "bird", "fish"]
+    pairs = most_confused(matrix, classes)
+    assert pairs == [
+        {"true": "fish", "predicted": "dog", "count": 3, "share": pytest.approx(0.25)},
+        {"true": "dog", "predicted": "bird", "count": 2, "share": pytest.approx(0.5)},
+        {"true": "cat", "predicted": "dog", "count": 2, "share": pytest.approx(0.2)},
+        {"true": "cat", "predicted": "fish", "count": 2, "share": pytest.approx(0.2)},
+        {"true": "dog", "predicted": "cat", "count": 1, "share": pytest.approx(0.25)},
+    ]
+    assert most_confused(matrix, classes, top=2) == pairs[:2]
+    assert most_confused([[4, 0], [0, 5]], ["a", "b"]) == []  # nothing confused: the diagonal is not a pair
+    with pytest.raises(ValueError, match="4x4"):
+        most_confused(matrix[:3], classes)
 
 
 def test_class_counts_plain_bars_follow_class_order():

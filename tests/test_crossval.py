@@ -79,12 +79,14 @@ def test_a_stopped_cross_validation_resumes_without_training_a_finished_fold_aga
             if self.fold == 2:
                 raise StopTraining("test stop")
 
-    summary = crossval.cross_validate(cv_config(data), out, [StopInFold2()], threading.Event())
+    looped = cv_config(data)
+    looped.optim.solver = "loop"  # epochs to stop between (a solved head is one step)
+    summary = crossval.cross_validate(looped, out, [StopInFold2()], threading.Event())
     assert summary["status"] == "stopped" and len(summary["folds"]) == 1
     with pytest.raises(EnsembleError, match="fold-2 has not finished"):  # its weights are some epoch's, not a result
         members_of([out])
     first = (out / "fold-1" / "metrics.jsonl").stat().st_mtime_ns
-    summary = crossval.cross_validate(cv_config(data), out, resume=True)
+    summary = crossval.cross_validate(looped, out, resume=True)
     assert summary["status"] == "finished" and len(summary["folds"]) == 3
     assert (out / "fold-1" / "metrics.jsonl").stat().st_mtime_ns == first  # fold 1 was not trained again
     assert len(read_jsonl(out / "fold-2" / "metrics.jsonl")) == 3  # fold 2 resumed from its checkpoint

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import shutil
 import warnings
 import zipfile
 from pathlib import Path
@@ -44,7 +45,7 @@ def test_readme_code_loads_the_package_and_agrees_with_the_app(tmp_path, workspa
     readme = (folder / "README.md").read_text()
     assert ("random initialisation" in readme) == (weights == "random")
     code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
-    assert len(code.strip().splitlines()) <= 11
+    assert len(code.strip().splitlines()) <= 12
     classes = ["blue", "green", "red"]
     model = result.model.eval()
     b = backbones.get(backbone)
@@ -62,7 +63,9 @@ def test_readme_code_loads_the_package_and_agrees_with_the_app(tmp_path, workspa
             os.chdir(cwd)
         with torch.no_grad():
             ours = classes[model(tf(decode_image(photo))[None]).argmax(1).item()]
-        assert out.getvalue().strip() == ours
+        predictor = Predictor.load(tmp_path / "run")  # the app's calibrated probability: the README shows the same
+        confidence = predictor.probabilities([predictor.tensor(photo)]).max().item()
+        assert out.getvalue().split() == [ours, f"{confidence:.1%}"]
 
 
 # TorchScript and ONNX: a real small run (random weights, 32 px), exported, loaded back with the plain libraries
@@ -165,13 +168,30 @@ def test_verify_measures_the_difference_and_catches_one_changed_weight(made, res
     images = real_images(predictor, data)
     changed = copy.deepcopy(predictor.model)
     with torch.no_grad():
-        changed.fc.bias[0] += 0.01
+        changed.net.fc.bias[0] += 0.01
     for fmt, blob in resnet_blobs.items():
         run_export = export.runner(fmt, blob)
         assert verify(run_export, predictor.model, images) <= TOLERANCE
-        assert verify(run_export, changed, images) == pytest.approx(0.01, abs=1e-4)
+        assert verify(run_export, changed, images) == pytest.approx(0.01 / predictor.temperature, abs=1e-4)
     nan = lambda x: torch.full((len(x), 3), float("nan"))  # noqa: E731
     assert verify(nan, predictor.model, images) == float("inf")
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_exports_divide_by_the_runs_temperature(made, tmp_path, fmt):
+    run, data = made("resnet18")
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(run, calibrated)
+    json_file = calibrated / "calibration.json"
+    json_file.write_text(json.dumps(json.loads(json_file.read_text()) | {"temperature": 2.5}))
+    predictor = Predictor.load(calibrated)
+    images = real_images(predictor, data)
+    blob = export.build_export(calibrated, fmt)
+    run_export = export.runner(fmt, blob)
+    with torch.no_grad():
+        assert torch.allclose(run_export(images), predictor.net(images) / 2.5, atol=1e-4)
+        assert torch.allclose(run_export(images).softmax(1), predictor.probabilities(images), atol=1e-4)
+        assert torch.equal(predictor.probabilities(images).argmax(1), predictor.net(images).argmax(1))
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
@@ -182,7 +202,7 @@ def test_an_export_that_differs_from_the_run_is_refused(made, monkeypatch, fmt):
     def changed(model):
         model = copy.deepcopy(model)
         with torch.no_grad():
-            model.fc.bias[1] -= 0.01
+            model.net.fc.bias[1] -= 0.01
         return model
     if fmt == "torchscript":
         real = torch.jit.trace

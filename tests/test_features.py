@@ -50,7 +50,10 @@ def test_cache_is_written_then_reused_and_keyed_by_image_size(data, workspace, t
 
 
 def test_fast_path_matches_the_plain_loop(data, workspace, tmp_path):
-    fast = fit(probe_config(data), tmp_path / "fast")
+    """The epoch loop on cached features against the loop on images (the head solver has no image-path twin)."""
+    fast_config = probe_config(data)
+    fast_config.optim.solver = "loop"
+    fast = fit(fast_config, tmp_path / "fast")
     plain_config = probe_config(data)
     plain_config.feature_cache = False
     plain = fit(plain_config, tmp_path / "plain")

@@ -1,6 +1,7 @@
 """Results, Predict and Runs pages through AppTest, over real runs on disk (what a server restart leaves behind)."""
 import csv
 import io
+import json
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, image_bytes, make_dataset
 from core.evaluate import heldout
+from core.evaluate.metrics import most_confused
 from core.deploy import export
 from core import runs
 from core.train.engine import fit
@@ -107,7 +109,10 @@ def test_confusion_cells_mistakes_saliency_and_calibration(home):
     captions = [c for img in at.get("image") for c in img.proto.imgs if "(" in c.caption]
     assert captions  # the gallery: true → predicted (confidence)
     assert any(c.caption == "where the evidence was (red: most)" for img in at.get("image") for c in img.proto.imgs)
-    assert metrics(at)["Expected calibration error"] == f"{results['val']['ece']:.3f}"
+    shown = results["calibration"]["reported_on"]  # no test split here: val, where the temperature was fitted
+    assert shown == "val" and any("the 'after' figure is optimistic" in c.value for c in at.caption)
+    assert metrics(at)["Calibration error (ECE) as trained"] == f"{results[shown]['ece']:.3f}"
+    assert metrics(at)["After temperature scaling"] == f"{results[shown]['calibrated']['ece']:.3f}"
 
 
 def test_a_run_without_evaluation_can_be_evaluated_and_gets_the_same_numbers(home, tmp_path):
@@ -137,6 +142,43 @@ def test_results_compares_runs_and_switches_run(home):
     charts_before = len(at.get("vega_lite_chart"))
     at.multiselect(key="results-compare").set_value([BARELY]).run()
     assert not at.exception and len(at.get("vega_lite_chart")) == charts_before + 1
+
+
+def test_many_classes_list_the_most_confused_pairs_and_a_picked_pair_opens_its_images(workspace, tmp_path):
+    """24 classes of 16 px images, one epoch from random weights: five colours over 24 classes, so it confuses."""
+    data = make_dataset(tmp_path / "data", {f"species {i:02d}": 6 for i in range(24)}, size=(16, 16))
+    config = small_config(data, epochs=1)
+    config.augment.image_size = 16
+    fit(config, workspace / "runs" / "20260104-000000-many01")
+    run = runs.load_run(workspace / "runs" / "20260104-000000-many01")
+    results, predictions = heldout.read(run.run_dir)
+    pairs = most_confused(results["val"]["confusion"], run.classes)
+    assert len(pairs) > 1
+
+    at = open_page("views/results.py", run=run.id)
+    table = at.dataframe(key="results-pairs").value
+    assert list(zip(table["true"], table["predicted"], table["count"])) == [
+        (p["true"], p["predicted"], p["count"]) for p in pairs]
+    matrix = next(json.loads(c.proto.spec) for c in at.get("vega_lite_chart") if "true class" in c.proto.spec)
+    assert matrix["height"] <= 600  # on screen, not 24 x 28 px tall
+
+    opened = (at.selectbox(key="results-cell-true").value, at.selectbox(key="results-cell-pred").value)
+    row = next(i for i, p in enumerate(pairs) if (run.classes.index(p["true"]), run.classes.index(p["predicted"])) != opened)
+    true, pred = run.classes.index(pairs[row]["true"]), run.classes.index(pairs[row]["predicted"])
+    at.session_state["results-pairs"] = {"selection": {"rows": [row], "columns": [], "cells": []}}
+    at.run()
+    assert not at.exception, at.exception
+    assert (at.selectbox(key="results-cell-true").value, at.selectbox(key="results-cell-pred").value) == (true, pred)
+    count = pairs[row]["count"]
+    assert any(c.value.startswith(f"{count} image{'' if count == 1 else 's'} of {run.classes[true]} predicted as "
+                                  f"{run.classes[pred]}") for c in at.caption)
+    behind = heldout.cell(predictions, true, pred)
+    shown = [c.caption for img in at.get("image") for c in img.proto.imgs if c.caption.endswith("%") and "(" not in c.caption]
+    assert shown == [f"{r['confidence']:.0%}" for r in behind[:12]] and len(behind) == count
+
+    at.selectbox(key="results-cell-true").set_value(true).run()  # the pick does not hold the pickers: move on
+    at.selectbox(key="results-cell-pred").set_value(true).run()
+    assert (at.selectbox(key="results-cell-true").value, at.selectbox(key="results-cell-pred").value) == (true, true)
 
 
 def test_results_page_with_no_runs_says_so(workspace):

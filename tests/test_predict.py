@@ -12,6 +12,7 @@ from core.deploy import model_card
 from core import runs
 from core.train.engine import fit
 from core.data.images import ImageError
+from core.evaluate import temperature
 from core.evaluate.predict import Predictor, image_files, predictions_csv, top_k
 from test_cli import cli
 from test_engine import small_config
@@ -33,8 +34,11 @@ def test_predictor_repeats_validation_exactly(run):
     results, rows = heldout.read(run)
     predictor = Predictor.load(run)
     assert predictor.config.augment.resize == "pad" and predictor.classes == ["blue", "green", "red"]  # sorted by name
-    probs = predictor.probabilities([predictor.tensor(f"{results['data_dir']}/{r['path']}") for r in rows])
-    assert torch.allclose(probs, torch.tensor([r["probs"] for r in rows]), atol=1e-5)
+    images = [predictor.tensor(f"{results['data_dir']}/{r['path']}") for r in rows]
+    written = torch.tensor([r["probs"] for r in rows])  # as the network gave them, before the temperature
+    assert torch.allclose(predictor.probabilities(images, calibrated=False), written, atol=1e-5)
+    assert predictor.temperature == pytest.approx(results["calibration"]["temperature"]) != 1.0
+    assert torch.allclose(predictor.probabilities(images), temperature.scale(written, predictor.temperature), atol=1e-5)
     assert {r["split"] for r in rows} == {"val", "test"}
     assert results["test"]["images"] == sum(r["split"] == "test" for r in rows)
 
@@ -52,10 +56,10 @@ def test_top_k_and_csv():
     assert top_k(probs, ["a", "b", "c"], 2) == [[("b", pytest.approx(0.7)), ("c", pytest.approx(0.2))],
                                                 [("a", pytest.approx(0.5)), ("c", pytest.approx(0.3))]]
     assert len(top_k(probs, ["a", "b", "c"], 10)[0]) == 3
-    rows = list(csv.reader(io.StringIO(predictions_csv(["x.png", "y.png"], probs, ["a", "b", "c"]))))
-    assert rows == [["file", "top1", "confidence", "a", "b", "c"],
-                    ["x.png", "b", "0.700000", "0.100000", "0.700000", "0.200000"],
-                    ["y.png", "a", "0.500000", "0.500000", "0.200000", "0.300000"]]
+    rows = list(csv.reader(io.StringIO(predictions_csv(["x.png", "y.png"], probs, ["a", "b", "c"], 0.6))))
+    assert rows == [["file", "top1", "confidence", "uncertain", "a", "b", "c"],
+                    ["x.png", "b", "0.700000", "0", "0.100000", "0.700000", "0.200000"],
+                    ["y.png", "a", "0.500000", "1", "0.500000", "0.200000", "0.300000"]]
 
 
 def test_image_files_walks_folders_and_skips_hidden(tmp_path):
@@ -98,8 +102,12 @@ def test_cli_predict_evaluate_and_export_card(run, tmp_path):
     assert "skipped" in out.stderr and "bad.png" in out.stderr
     predictor = Predictor.load(run)
     expected = predictor.probabilities([predictor.tensor(image)])
-    assert (tmp_path / "p.csv").read_text() == predictions_csv([str(image)], expected, predictor.classes)
+    threshold = json.loads((run / "calibration.json").read_text())["uncertain_below"]  # from the validation data
+    assert (tmp_path / "p.csv").read_text() == predictions_csv([str(image)], expected, predictor.classes, threshold)
     assert out.stdout.startswith(f"{image}\t{top_k(expected, predictor.classes, 1)[0][0][0]} ")
+    assert out.stdout.strip().endswith("uncertain") == (expected.max().item() < threshold)
+    sure = cli("predict", run, image, "--uncertain-below", "1.01", home=tmp_path)  # nothing is that sure
+    assert sure.returncode == 0 and sure.stdout.strip().endswith("\tuncertain")
     before = json.loads((run / "results.json").read_text())
     out = cli("evaluate", run, home=tmp_path)
     assert out.returncode == 0 and "val:" in out.stdout and "test:" in out.stdout

@@ -71,33 +71,57 @@ def lr_curve(history: list[dict[str, Any]]) -> alt.Chart:
     ).properties(width="container")
 
 
-def confusion(matrix: list[list[int]], classes: list[str], normalize: bool = False) -> alt.LayerChart:
+# From DENSE classes on the matrix is drawn compact: at most MAX_SIDE px tall, so it stays on screen; only cells with
+# images are drawn (zero is the blank background: 100 classes would otherwise send 10,000 cells, every second on
+# the live Train page); numbers only while a cell is at least LABELLED_CELL px, as a smaller one cannot be read; class
+# names on the axes cut short, and dropped below NAMED_CELL px. Every row with images and every column with
+# predictions keeps a cell, whose tooltip names both classes.
+DENSE = 20
+CELL = 28
+MAX_SIDE = 600
+LABELLED_CELL = 20
+NAMED_CELL = 10
+
+
+def confusion(matrix: list[list[int]], classes: list[str], normalize: bool = False) -> alt.LayerChart | alt.Chart:
     """Heatmap of the confusion matrix (rows = true class); normalize shows each row's share, i.e. recall per
     class, which reads fairly when classes have very different sizes. A class with no images shows 0, not NaN.
     """
     n = len(classes)
     if len(matrix) != n or any(len(row) != n for row in matrix):
         raise ValueError(f"the matrix must be {n}x{n} for {n} classes")
+    dense = n >= DENSE
     cells = []
     for true, row, shares in zip(classes, matrix, normalize_rows(matrix)):
         cells += [{"true": true, "predicted": predicted, "count": count, "share": share}
-                  for predicted, count, share in zip(classes, row, shares)]
+                  for predicted, count, share in zip(classes, row, shares) if count or not dense]
     data = pd.DataFrame(cells, columns=["true", "predicted", "count", "share"])
     field, fmt, title = ("share", ".0%", "row share") if normalize else ("count", "d", "images")
-    top = float(data[field].max()) if n else 0.0
+    top = float(data[field].max()) if len(data) else 0.0
+    cell = min(CELL, MAX_SIDE / n) if dense else CELL
+    named = cell >= NAMED_CELL
+    axis = {"labelLimit": 90, "labelFontSize": 9, "labels": named} if dense else {}
+    hint = "" if named else " (names on hover)"
     base = alt.Chart(data).encode(
-        x=alt.X("predicted:N", sort=classes, title="predicted class", axis=alt.Axis(labelAngle=-45)),
-        y=alt.Y("true:N", sort=classes, title="true class"),
+        x=alt.X("predicted:N", sort=classes, scale=alt.Scale(domain=classes), title=f"predicted class{hint}",
+                axis=alt.Axis(labelAngle=-90 if dense else -45, **axis)),
+        y=alt.Y("true:N", sort=classes, scale=alt.Scale(domain=classes), title=f"true class{hint}",
+                axis=alt.Axis(**axis)),
         tooltip=[alt.Tooltip("true:N", title="true class"), alt.Tooltip("predicted:N", title="predicted class"),
                  alt.Tooltip("count:Q", title="images"), alt.Tooltip("share:Q", title="row share", format=".1%")],
     )
-    heat = base.mark_rect().encode(color=alt.Color(f"{field}:Q", title=title, scale=alt.Scale(scheme="blues")))
+    # Dense: the palette starts above white, so a single confused image stands out from the blank background.
+    scale = alt.Scale(scheme={"name": "blues", "extent": [0.2, 1]}, domainMin=0) if dense else alt.Scale(scheme="blues")
+    heat = base.mark_rect().encode(color=alt.Color(f"{field}:Q", title=title, scale=scale))
+    size = {"width": "container", "height": round(cell * n) if dense else max(200, CELL * n)}
+    if dense and cell < LABELLED_CELL:
+        return heat.properties(**size)
     # White text on dark cells, so the number stays readable at both ends of the colour scale.
-    text = base.mark_text().encode(
+    text = base.mark_text(fontSize=9 if dense else 11).encode(
         text=alt.Text(f"{field}:Q", format=fmt),
         color=alt.when(alt.datum[field] > top / 2).then(alt.value("white")).otherwise(alt.value("black")),
     )
-    return (heat + text).properties(width="container", height=max(200, 28 * n))
+    return (heat + text).properties(**size)
 
 
 def class_counts(counts: dict[str, int], splits: dict[str, dict[str, int]] | None = None) -> alt.Chart:

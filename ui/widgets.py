@@ -8,8 +8,10 @@ from core.data.groups import MAX_CSV_BYTES
 from core.deploy import export
 from core.deploy import model_card
 from core.data.images import ImageError, decode_image, to_pil
+from core.evaluate.metrics import most_confused
 from core.evaluate.predict import Predictor
 from core.runs import replace_atomically
+from ui import charts
 
 
 def downloads(run_dir: Path, run_id: str, every_format: bool = False) -> None:
@@ -174,3 +176,34 @@ def rerun_when_done(snap, key: str) -> None:
         st.rerun()
     if snap is not None and snap.active:
         st.session_state[f"{key}-seen"] = snap.id
+
+
+def confusion_view(matrix: list[list[int]], classes: list[str], key: str, normalize: bool = False,
+                   pickable: bool = False) -> tuple[int, int] | None:
+    """The confusion matrix and, from charts.DENSE classes on (too many cells to search by eye), the most confused
+    pairs beside it. With pickable, a click on a pair returns its (true, predicted) class indices once, on the rerun
+    the click causes (the table keeps the row selected), so the page's own cell pickers can move on from it."""
+    chart = charts.confusion(matrix, classes, normalize=normalize)
+    if len(classes) < charts.DENSE:
+        st.altair_chart(chart, width="stretch")
+        return None
+    left, right = st.columns([3, 2])
+    left.altair_chart(chart, width="stretch")
+    pairs = most_confused(matrix, classes)
+    if not pairs:
+        right.info("No image was mistaken for another class.")
+        return None
+    right.caption("Most confused pairs" + (": click one to see its images." if pickable else "."))
+    table = right.dataframe(
+        pairs, hide_index=True, width="stretch", key=f"{key}-pairs",
+        column_config={"true": "true class", "predicted": "predicted as", "count": "images",
+                       "share": st.column_config.NumberColumn("share of the true class", format="percent")},
+        **({"on_select": "rerun", "selection_mode": "single-row"} if pickable else {}))
+    if not pickable:
+        return None
+    rows, seen = table.selection.rows, st.session_state.get(f"{key}-pairs-seen")
+    st.session_state[f"{key}-pairs-seen"] = rows
+    if not rows or rows == seen or rows[0] >= len(pairs):
+        return None
+    pair = pairs[rows[0]]
+    return classes.index(pair["true"]), classes.index(pair["predicted"])

@@ -10,7 +10,7 @@ from core.data.augment import denormalize
 from core.config import workspace_root
 from core.data.images import IMAGE_EXTENSIONS, to_pil
 from core.evaluate.ensemble import EnsemblePredictor, list_ensembles, stamp
-from core.evaluate.predict import predictions_csv, top_k
+from core.evaluate.predict import predictions_csv, top_k, uncertain_below
 from core.runs import list_runs
 from ui.widgets import pick_run, predictor
 
@@ -95,13 +95,25 @@ if not names:
     st.error("None of the files could be read as an image. Upload JPEG, PNG, TIFF or another common format.")
     st.stop()
 
-k = st.slider("Classes shown per image", 1, len(model.classes), min(3, len(model.classes)), key="predict-k")
+c1, c2 = st.columns(2)
+k = c1.slider("Classes shown per image", 1, len(model.classes), min(3, len(model.classes)), key="predict-k")
+threshold = c2.slider("Uncertain below", 0.0, 1.0, round(uncertain_below(model), 2), 0.01, key="predict-uncertain",
+                      help="A prediction whose top probability is below this is flagged for a person to check. The "
+                           "default comes from the validation images: half of the model's mistakes there were less "
+                           "sure than this.")
 ranked = top_k(probs, model.classes, k)
 table = pd.DataFrame({"file": names, "top-1": [r[0][0] for r in ranked], "confidence": [r[0][1] for r in ranked],
+                      "uncertain": [r[0][1] < threshold for r in ranked],
                       "next": [", ".join(f"{c} {p:.0%}" for c, p in r[1:]) for r in ranked]})
+doubtful = int(table["uncertain"].sum())
+if doubtful:
+    st.warning(f"{doubtful} of {len(names)} predictions are uncertain (below {threshold:.0%}): have a person check "
+               "them; sort the table by 'uncertain'.")
+st.caption("Probabilities are calibrated: the run's temperature, fitted on its validation images, is applied.")
 st.dataframe(table, hide_index=True, width="stretch", key="predict-table",
-             column_config={"confidence": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)})
-st.download_button("Download the predictions (CSV)", predictions_csv(names, probs, model.classes),
+             column_config={"confidence": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
+                            "uncertain": st.column_config.CheckboxColumn()})
+st.download_button("Download the predictions (CSV)", predictions_csv(names, probs, model.classes, threshold),
                    file_name=f"predictions-{model_id}.csv", mime="text/csv", on_click="ignore", key="predict-csv")
 
 if len(names) > SHOWN:

@@ -10,7 +10,7 @@ from core.config import workspace_root
 from core.data.images import ImageError, to_pil
 from core.deploy.model_card import confusions
 from core.runs import list_runs, load_run
-from ui.widgets import downloads, pick_run, predictor, thumbnail
+from ui.widgets import confusion_view, downloads, pick_run, predictor, thumbnail
 
 GALLERY = 12
 
@@ -90,13 +90,16 @@ with tabs[1]:
     matrix = scores["confusion"] if scores else (run.confusion or {}).get("matrix")
     if matrix:
         share = st.toggle("Row-normalised (each true class sums to 100%)", key="results-normalise")
-        st.altair_chart(charts.confusion(matrix, run.classes, normalize=share), width="stretch")
+        picked = confusion_view(matrix, run.classes, "results", normalize=share, pickable=True)
         worst = confusions(matrix, run.classes)  # open on the biggest confusion; the diagonal when there is none
         first = (run.classes.index(worst[0][0]), run.classes.index(worst[0][1])) if worst else (0, 0)
+        for cell_key, index in zip(("results-cell-true", "results-cell-pred"), picked or first):
+            if picked or st.session_state.get(cell_key) not in range(len(run.classes)):
+                st.session_state[cell_key] = index
         c1, c2 = st.columns(2)
-        true = c1.selectbox("True class", range(len(run.classes)), first[0], format_func=run.classes.__getitem__,
+        true = c1.selectbox("True class", range(len(run.classes)), format_func=run.classes.__getitem__,
                             key="results-cell-true")
-        pred = c2.selectbox("Predicted class", range(len(run.classes)), first[1], format_func=run.classes.__getitem__,
+        pred = c2.selectbox("Predicted class", range(len(run.classes)), format_func=run.classes.__getitem__,
                             key="results-cell-pred")
         behind = heldout.cell(predictions, true, pred, split)
         st.caption(f"{len(behind)} image{'' if len(behind) == 1 else 's'} of {run.classes[true]} predicted as "
@@ -130,7 +133,7 @@ with tabs[2]:
         try:
             p = predictor(str(run.run_dir))
             image = p.tensor(f"{data_dir}/{row['path']}")
-            cam = saliency.grad_cam(p.model, p.backbone, image[None], row["pred" if target == "predicted" else "label"])
+            cam = saliency.grad_cam(p.net, p.backbone, image[None], row["pred" if target == "predicted" else "label"])
             shown = to_pil(denormalize(image, p.backbone.mean, p.backbone.std))
             c1, c2 = st.columns(2)
             c1.image(shown, caption="as the model sees it", width="stretch")
@@ -146,12 +149,29 @@ with tabs[2]:
             st.error(str(exc))
 
 with tabs[3]:
-    if scores and scores.get("reliability"):
-        st.metric("Expected calibration error", f"{scores['ece']:.3f}",
+    cal = (results or {}).get("calibration") or {}
+    shown = cal.get("reported_on") or split  # never the split the temperature was fitted on, when there is another
+    measured = (results or {}).get(shown) or {}
+    if measured.get("reliability"):
+        after = measured.get("calibrated")
+        st.caption("Measured on the " + ({"test": "test split, which the temperature never saw.",
+                                          "val": "validation split, where the temperature was fitted: the 'after' "
+                                                 "figure is optimistic. Set a test share on the Data page for an "
+                                                 "honest one."}[shown]))
+        c1, c2 = st.columns(2)
+        c1.metric("Calibration error (ECE) as trained", f"{measured['ece']:.3f}",
                   help="How far the confidence is from the accuracy, on average: 0 is perfectly calibrated.")
-        st.altair_chart(charts.reliability(scores["reliability"]), width="stretch")
-        st.caption("Bars on the diagonal: when the model says 80%, it is right 80% of the time. Below it: "
-                   "over-confident.")
+        c1.altair_chart(charts.reliability(measured["reliability"]), width="stretch")
+        if after:
+            c2.metric("After temperature scaling", f"{after['ece']:.3f}", delta=f"{after['ece'] - measured['ece']:+.3f}",
+                      delta_color="inverse")
+            c2.altair_chart(charts.reliability(after["reliability"]), width="stretch")
+        t = cal.get("temperature") or 1.0
+        st.caption(f"Temperature {t:.3g}: Predict, the exports and the model package divide the logits by it "
+                   f"({'softening over-confident' if t > 1 else 'sharpening under-confident' if t < 1 else 'leaving'}"
+                   " probabilities). Accuracy does not change: dividing every logit by one positive number never "
+                   "changes which class wins. Points on the diagonal: when the model says 80%, it is right 80% of "
+                   "the time; below it, over-confident.")
     else:
         st.info("No calibration without held-out predictions.")
 

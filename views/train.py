@@ -12,7 +12,7 @@ from core.data.images import decode_image, to_pil
 from core.train.schedules import SCHEDULES
 from core.data.sources import DataError
 from core.data.validation import open_dataset
-from ui.widgets import downloads, set_url
+from ui.widgets import confusion_view, downloads, set_url
 
 st.title("Train")
 registry = st.session_state.registry
@@ -32,7 +32,8 @@ def live() -> None:
     if snap.status == "queued":
         st.info(f"Queued: position {snap.queue_position}. It starts when the running job ends.")
     left = f", about {snap.eta:.0f} s left" if snap.eta is not None else ""
-    phase = {"features": "computing features", "train": "training", "val": "validating"}.get(snap.phase, snap.status)
+    phase = {"features": "computing features", "train": "training", "val": "validating",
+             "solve": "solving the head, choosing its L2 strength: fit"}.get(snap.phase, snap.status)
     st.progress(snap.progress, text=f"{snap.status} · epoch {snap.epoch}/{snap.epochs} · {phase} "
                                     f"batch {snap.batch}/{snap.batches}{left}")
     if snap.active and st.button("Stop", type="secondary", key="stop"):
@@ -45,8 +46,7 @@ def live() -> None:
     c2.altair_chart(charts.curves(list(snap.history), None, "acc"), width="stretch")
     if snap.confusion:
         st.caption(f"Validation confusion matrix, epoch {snap.history[-1]['epoch'] if snap.history else '?'}")
-        st.altair_chart(charts.confusion([list(r) for r in snap.confusion], list(snap.classes)),
-                        width="stretch")
+        confusion_view([list(r) for r in snap.confusion], list(snap.classes), "train-live")
     if not snap.active:
         downloads(snap.run_dir, snap.id)
         st.page_link("views/results.py", label="Open the results", icon=":material/insights:",

@@ -26,7 +26,8 @@ from core import runs
 from core.config import RunConfig, workspace_root
 from core.data.images import ImageError, Source
 
-PACKAGE_FILES = ("classes.json", "config.json", "metrics.jsonl", "confusion_matrix.json")  # + preprocessing.json
+PACKAGE_FILES = ("classes.json", "config.json", "metrics.jsonl", "confusion_matrix.json")
+# + preprocessing.json and calibration.json, which every package has
 
 
 def plain_state(state: dict[str, torch.Tensor], backbone: backbones.Backbone) -> dict[str, torch.Tensor]:
@@ -66,8 +67,13 @@ classes, pre = json.load(open("classes.json")), json.load(open("preprocessing.js
 model = {build}
 model.load_state_dict(load_file("model.safetensors")); model.eval()
 tf = v2.Compose([v2.ToImage(), v2.Resize(pre["resize_side"]), v2.CenterCrop(pre["image_size"]), v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre["mean"], pre["std"])])
-print(classes[model(tf(Image.open("photo.jpg").convert("RGB"))[None]).argmax(1).item()])
+temperature = json.load(open("calibration.json"))["temperature"]  # 1.0 when the run had no validation split
+probs = (model(tf(Image.open("photo.jpg").convert("RGB"))[None]) / temperature).softmax(1)[0]
+print(classes[probs.argmax().item()], f"{{probs.max().item():.1%}}")
 ```
+
+Dividing the logits by `temperature` (fitted on the validation split, temperature scaling) gives the calibrated
+probabilities the app shows; it never changes which class wins. The TorchScript and ONNX exports already divide.
 
 That snippet is for the default `crop` resize; `preprocessing.json` says which one this model used
 (`squash`: `v2.Resize((size, size))`; `pad`: fit the longer side, then pad to a square with black).
@@ -97,6 +103,8 @@ def package(run_dir: Path) -> bytes:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("model.safetensors", weights_bytes(run_dir))
         z.writestr("preprocessing.json", json.dumps(preprocessing(run_dir), indent=2))
+        z.writestr("calibration.json", json.dumps(runs.read_json(run_dir / "calibration.json") or {
+            "temperature": 1.0, "fitted_on": None}, indent=2))  # a run evaluated before temperatures existed
         for name in PACKAGE_FILES:
             if (run_dir / name).is_file():
                 z.write(run_dir / name, name)
@@ -111,8 +119,9 @@ def has_weights(run_dir: Path) -> bool:
 # ---------------------------------------------------------------------------------------------------------------
 # Deployable model files: TorchScript and ONNX, each loaded back and checked against the run's model before a
 # user gets it. Both take a normalised float32 batch (N, 3, S, S) at the run's image size (preprocessing.json says
-# how to get there: decode to RGB, resize, scale to [0, 1], subtract mean, divide by std) and return logits
-# (N, classes), in classes.json's order; softmax over dim 1 gives the probabilities the app shows.
+# how to get there: decode to RGB, resize, scale to [0, 1], subtract mean, divide by std) and return calibrated
+# logits (N, classes): the network's logits divided by the run's temperature (calibration.json), in classes.json's
+# order; softmax over dim 1 gives the probabilities the app shows.
 
 TOLERANCE = 1e-4  # max |logit difference| an export may have from the run's model on the same images
 ONNX_OPSET = 18  # the opset torch's exporter writes natively (no version conversion); onnxruntime runs 7..23+
@@ -127,7 +136,7 @@ class ExportError(ValueError):
 def torchscript(run_dir: Path, images: Sequence[Source] | None = None) -> bytes:
     """The run's model traced to TorchScript; `torch.jit.load(io.BytesIO(blob))` runs it without this app.
 
-    Input: normalised float32 (N, 3, S, S), any N; output: logits (N, classes). The file carries
+    Input: normalised float32 (N, 3, S, S), any N; output: calibrated logits (N, classes). The file carries
     `classes.json`, `preprocessing.json` and `export.json` as extra files (`torch.jit.load(f, _extra_files=
     {"classes.json": ""})` reads them). Checked before returning: batches of 1 and of several real images of the
     run's dataset (or `images`) give the run model's logits within TOLERANCE, else ExportError.
@@ -307,7 +316,8 @@ def _descriptions(predictor, fmt: str) -> dict[str, str]:
     size = predictor.config.augment.image_size
     about = {"format": fmt, "backbone": predictor.backbone.name, "run": run_dir.name,
              "input": f"float32 (N, 3, {size}, {size}), RGB scaled to [0, 1], then (x - mean) / std",
-             "output": f"logits (N, {len(predictor.classes)}) in classes' order; softmax(dim=1) for probabilities"}
+             "output": f"logits (N, {len(predictor.classes)}) already divided by the run's temperature "
+                       f"{predictor.temperature:.4g}, in classes' order; softmax(dim=1) for the calibrated probabilities"}
     return {"classes.json": json.dumps(predictor.classes), "preprocessing.json": json.dumps(preprocessing(run_dir)),
             "export.json": json.dumps(about)}
 

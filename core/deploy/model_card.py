@@ -78,9 +78,12 @@ def _metrics(results: dict[str, Any] | None, classes: list[str]) -> list[str]:
         if not r:
             continue
         name = "validation" if split == "val" else "test"
+        after = (f" ({r['calibrated']['ece']:.3f} after temperature scaling"
+                 + (", fitted on these images: optimistic)" if split == results.get("calibration", {}).get("fitted_on")
+                    else ")") if r.get("calibrated") else "")
         lines += [f"On {r['images']} {name} images: accuracy {r['acc']:.1%}, balanced accuracy "
                   f"{r['balanced_acc']:.1%}, macro F1 {r['macro_f1']:.3f}, expected calibration error "
-                  f"{r['ece']:.3f}.", "", "| class | precision | recall | F1 | images |", "|---|---|---|---|---|"]
+                  f"{r['ece']:.3f}{after}.", "", "| class | precision | recall | F1 | images |", "|---|---|---|---|---|"]
         pc = r["per_class"]
         lines += [f"| {c} | {pc['precision'][i]:.3f} | {pc['recall'][i]:.3f} | {pc['f1'][i]:.3f} | "
                   f"{pc['support'][i]} |" for i, c in enumerate(classes)]

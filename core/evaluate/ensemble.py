@@ -1,4 +1,5 @@
-"""Several runs' models as one classifier: the mean of their softmax probabilities.
+"""Several runs' models as one classifier: the mean of their softmax probabilities, each member calibrated by its
+own temperature (fitted on its own validation split) before the average.
 
 ENSEMBLE_DIR/ensemble.json      members (absolute run folders, in order), their shared classes, and each member's
                                 preprocessing (a list in members' order: members may differ)
@@ -23,7 +24,8 @@ from core.runs import CV_FILE
 from core.config import RunConfig
 from core.data.images import Source
 from core.evaluate.heldout import SPLITS, scores
-from core.evaluate.predict import Predictor
+from core.evaluate import temperature
+from core.evaluate.predict import CALIBRATION, Predictor
 from core.models import backbones
 
 SPEC = "ensemble.json"
@@ -125,8 +127,7 @@ def evaluate(ensemble_dir: Path) -> dict[str, Any]:
     if spec is None:
         raise FileNotFoundError(f"{ensemble_dir.name} is not an ensemble: it has no {SPEC}.")
     members = [Path(p) for p in spec["members"]]
-    held = [{(r["split"], r["path"], r["label"]): r["probs"] for r in runs.read_jsonl(m / "predictions.jsonl")}
-            for m in members]
+    held = [_calibrated_rows(m) for m in members]
     shared = [key for key in held[0] if all(key in h for h in held[1:])]
     data_dirs = {(runs.read_json(m / "results.json") or {}).get("data_dir") for m in members}
     results: dict[str, Any] = {"classes": spec["classes"], "members": spec["members"],
@@ -154,6 +155,17 @@ def evaluate(ensemble_dir: Path) -> dict[str, Any]:
     runs.rewrite_jsonl(ensemble_dir / "predictions.jsonl", rows)
     runs.write_json(ensemble_dir / "results.json", results)
     return results
+
+
+def _calibrated_rows(run: Path) -> dict[tuple, list[float]]:
+    """A member's held-out probabilities with its own temperature applied, as its Predictor gives them: the
+    ensemble averages calibrated members."""
+    rows = runs.read_jsonl(run / "predictions.jsonl")
+    t = (runs.read_json(run / CALIBRATION) or {}).get("temperature") or 1.0
+    if not rows:
+        return {}
+    probs = temperature.scale(torch.tensor([r["probs"] for r in rows], dtype=torch.float64), t)
+    return {(r["split"], r["path"], r["label"]): p for r, p in zip(rows, probs.tolist())}
 
 
 def list_ensembles(root: Path) -> list[dict[str, Any]]:

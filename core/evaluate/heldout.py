@@ -1,7 +1,11 @@
 """The best weights on held-out images, image by image: what the Results page, the model card and the CLI read.
 
-RUN_DIR/predictions.jsonl  one row per validation and test image: split, path, true label, probabilities
-RUN_DIR/results.json       per split: accuracy, macro F1, per-class scores, confusion matrix, calibration
+RUN_DIR/predictions.jsonl  one row per validation and test image: split, path, true label, probabilities (as the
+                           network gives them, before temperature scaling)
+RUN_DIR/results.json       per split: accuracy, macro F1, per-class scores, confusion matrix, calibration before
+                           and after the temperature ("calibrated"), and which split that temperature was fitted on
+RUN_DIR/calibration.json   the temperature (fitted on the validation split) and the default confidence below which
+                           Predict calls a prediction uncertain
 
 Written when training ends (from the loop's own loaders, so cached features are reused); `evaluate_run`
 recomputes both from the run folder alone, for runs that ended before this existed or were cut off.
@@ -14,8 +18,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from core.evaluate import calibration
-from core.evaluate import metrics
+from core.evaluate import calibration, metrics, temperature
 from core import runs
 from core.data.validation import Dataset
 
@@ -37,15 +40,30 @@ def loader_probabilities(net: nn.Module, loader, device: torch.device) -> torch.
 
 
 def write(run_dir: Path, dataset: Dataset, probs: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """probs: split -> (N, classes) for dataset.split(split), in that order."""
+    """probs: split -> (N, classes) uncalibrated, for dataset.split(split) in that order. Fits the temperature on
+    the validation split; every split is scored before and after it. Calibration measured on the split the
+    temperature was fitted on is optimistic, so results say which split each figure comes from."""
     results: dict[str, Any] = {"data_dir": str(dataset.data_dir), "classes": dataset.classes}
+    labels = {split: torch.tensor([s.label for s in dataset.split(split)], dtype=torch.long) for split in probs}
+    fitted_on = "val" if "val" in probs and len(labels["val"]) else None
+    t = temperature.fit(temperature.logits_of(probs["val"]), labels["val"]) if fitted_on else 1.0
     rows = []
     for split, p in probs.items():
-        samples = dataset.split(split)
-        labels = torch.tensor([s.label for s in samples], dtype=torch.long)
-        results[split] = scores(p, labels, len(dataset.classes))
+        calibrated = temperature.scale(p, t)
+        results[split] = scores(p, labels[split], len(dataset.classes)) | {"calibrated": {
+            "ece": calibration.expected_calibration_error(calibrated, labels[split]),
+            "reliability": calibration.reliability(calibrated, labels[split]),
+            "nll": temperature.nll(temperature.logits_of(calibrated), labels[split]),
+            "nll_before": temperature.nll(temperature.logits_of(p), labels[split])}}
         rows += [{"split": split, "path": s.path, "label": s.label, "probs": [round(x, 6) for x in row]}
-                 for s, row in zip(samples, p.tolist())]
+                 for s, row in zip(dataset.split(split), p.tolist())]
+    reported = "test" if "test" in probs else fitted_on
+    results["calibration"] = {"temperature": t, "fitted_on": fitted_on, "reported_on": reported,
+                              "optimistic": reported is not None and reported == fitted_on}
+    below = (temperature.uncertain_below(temperature.scale(probs["val"], t), labels["val"]) if fitted_on else None)
+    runs.write_json(run_dir / "calibration.json", {
+        "temperature": t, "fitted_on": fitted_on, "images": len(labels["val"]) if fitted_on else 0,
+        "uncertain_below": below})
     runs.rewrite_jsonl(run_dir / "predictions.jsonl", rows)
     runs.write_json(run_dir / "results.json", results)
     return results
@@ -70,7 +88,8 @@ def evaluate_run(run_dir: Path, dataset: Dataset | None = None) -> dict[str, Any
     for split in SPLITS:
         samples = dataset.split(split)
         if samples:
-            probs[split] = predictor.probabilities([predictor.tensor(dataset.data_dir / s.path) for s in samples])
+            probs[split] = predictor.probabilities([predictor.tensor(dataset.data_dir / s.path) for s in samples],
+                                                   calibrated=False)  # the temperature is fitted again below
     return write(run_dir, dataset, probs)
 
 

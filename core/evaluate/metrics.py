@@ -1,6 +1,8 @@
 """Classification metrics from a confusion matrix (rows = true class, columns = predicted)."""
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import torch
 
 
@@ -43,3 +45,17 @@ def normalize_rows(cm: torch.Tensor | list[list[int]]) -> list[list[float]]:
     cm = torch.as_tensor(cm, dtype=torch.float64)
     totals = cm.sum(1, keepdim=True)
     return torch.where(totals > 0, cm / totals.clamp(min=1), torch.zeros_like(cm)).tolist()
+
+
+def most_confused(matrix: Sequence[Sequence[int]], classes: list[str], top: int = 20) -> list[dict[str, Any]]:
+    """Off-diagonal cells with images, most images first (ties: the larger share of the true class first), so a
+    matrix of many classes, too big to search by eye, still says which pairs the model mixes up most."""
+    n = len(classes)
+    if len(matrix) != n or any(len(row) != n for row in matrix):
+        raise ValueError(f"the matrix must be {n}x{n} for {n} classes")
+    pairs = []
+    for i, row in enumerate(matrix):
+        total = sum(row)
+        pairs += [{"true": classes[i], "predicted": classes[j], "count": int(count), "share": count / total}
+                  for j, count in enumerate(row) if j != i and count > 0]
+    return sorted(pairs, key=lambda p: (-p["count"], -p["share"]))[:top]

@@ -25,14 +25,39 @@ if TYPE_CHECKING:
     from core.evaluate.ensemble import EnsemblePredictor
 
 
+CALIBRATION = "calibration.json"  # the run's fitted temperature and where it was fitted (heldout.py writes it)
+
+
+class Calibrated(nn.Module):
+    """The run's network with its fitted temperature, logits / T: what Predict, the exports and ensembles run, so
+    the probabilities a person reads are the calibrated ones everywhere. argmax is unchanged by construction."""
+
+    def __init__(self, net: nn.Module, temperature: float = 1.0):
+        super().__init__()
+        self.net = net
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images) / self.temperature
+
+
 @dataclass
 class Predictor:
     run_dir: Path
     config: RunConfig
     backbone: backbones.Backbone
     classes: list[str]
-    model: nn.Module
+    model: Calibrated
     transform: v2.Compose
+
+    @property
+    def net(self) -> nn.Module:
+        """The network itself (uncalibrated logits), for what needs its layers: Grad-CAM, re-evaluation."""
+        return self.model.net
+
+    @property
+    def temperature(self) -> float:
+        return float(self.model.temperature)
 
     @classmethod
     def load(cls, run_dir: Path) -> "Predictor":
@@ -49,8 +74,8 @@ class Predictor:
         except (RuntimeError, OSError, SafetensorError) as exc:  # damaged or foreign weights: a sentence
             raise ValueError(f"The weights of {run_dir.name} cannot be loaded into its {backbone.name}: "
                              f"{str(exc).splitlines()[0]}") from exc
-        model.eval()
-        return cls(run_dir, config, backbone, classes, model,
+        temperature = (runs.read_json(run_dir / CALIBRATION) or {}).get("temperature") or 1.0
+        return cls(run_dir, config, backbone, classes, Calibrated(model, temperature).eval(),
                    eval_transform(config.augment, backbone.mean, backbone.std))
 
     def tensor(self, source: Source) -> torch.Tensor:
@@ -58,9 +83,11 @@ class Predictor:
         return self.transform(decode_image(source, min_side=self.config.augment.resize_side()))
 
     @torch.no_grad()
-    def probabilities(self, images: Sequence[torch.Tensor], batch_size: int = 32) -> torch.Tensor:
-        """(N, classes) softmax probabilities for preprocessed images."""
-        out = [self.model(torch.stack(list(images[i:i + batch_size]))).softmax(1)
+    def probabilities(self, images: Sequence[torch.Tensor], batch_size: int = 32,
+                      calibrated: bool = True) -> torch.Tensor:
+        """(N, classes) softmax probabilities for preprocessed images, with the run's temperature unless told."""
+        module = self.model if calibrated else self.net
+        out = [module(torch.stack(list(images[i:i + batch_size]))).softmax(1)
                for i in range(0, len(images), batch_size)]
         return torch.cat(out) if out else torch.empty(0, len(self.classes))
 
@@ -105,15 +132,26 @@ def top_k(probs: torch.Tensor, classes: Sequence[str], k: int = 3) -> list[list[
     return [[(classes[i], float(v)) for v, i in zip(vs, ix)] for vs, ix in zip(values.tolist(), indices.tolist())]
 
 
-def predictions_csv(names: Sequence[str], probs: torch.Tensor, classes: Sequence[str]) -> str:
-    """file, top-1, confidence, then one probability column per class: the table a spreadsheet opens."""
+def predictions_csv(names: Sequence[str], probs: torch.Tensor, classes: Sequence[str],
+                    uncertain_below: float = 0.0) -> str:
+    """file, top-1, confidence, uncertain (confidence below the threshold: for a person to check), then one
+    probability column per class: the table a spreadsheet opens."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["file", "top1", "confidence", *classes])
+    writer.writerow(["file", "top1", "confidence", "uncertain", *classes])
     for name, p in zip(names, probs.tolist()):
         best = max(range(len(p)), key=p.__getitem__)
-        writer.writerow([name, classes[best], f"{p[best]:.6f}", *(f"{x:.6f}" for x in p)])
+        writer.writerow([name, classes[best], f"{p[best]:.6f}", int(p[best] < uncertain_below),
+                         *(f"{x:.6f}" for x in p)])
     return buf.getvalue()
+
+
+def uncertain_below(model: "Predictor | EnsemblePredictor") -> float:
+    """The default confidence under which a prediction is flagged uncertain, from the validation data (heldout.py
+    writes it to calibration.json); an ensemble takes its members' mean; 0.5 for a run evaluated without one."""
+    members = getattr(model, "members", [model])
+    found = [v for m in members if (v := (runs.read_json(m.run_dir / CALIBRATION) or {}).get("uncertain_below"))]
+    return sum(found) / len(found) if found else 0.5
 
 
 def image_files(paths: Sequence[Path]) -> list[Path]:

@@ -13,6 +13,7 @@ machines join one study through a shared storage URL (PostgreSQL, MySQL) and the
 """
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import subprocess
@@ -123,8 +124,13 @@ class _Quiet(Callback):
 
 
 def create(base: RunConfig, search: SearchConfig, out_dir: Path) -> Path:
-    """Write search.json for a new search (checked first: a bad space fails here, not in a worker)."""
+    """Write search.json for a new search (checked first: a bad space fails here, not in a worker). A space that
+    varies what only the epoch loop uses (learning rate, epochs, ...) trains its trials with the loop, not with
+    the head solver, which would ignore those values."""
     search.check()
+    if base.optim.solver == "auto" and set(search.space) & spaces.LOOP_ONLY:
+        base = copy.deepcopy(base)
+        base.optim.solver = "loop"
     for name, spec in search.space.items():  # every choice and both ends of every range make a config that runs
         for value in spec.get("choices") or (spec["low"], spec["high"]):
             try:

@@ -35,6 +35,9 @@ OFFERED: dict[str, dict[str, Any]] = {
 }
 # On cached frozen features (the default path) a trial takes a fraction of a second: these four matter there.
 DEFAULT_SPACE = ("optim.lr", "optim.weight_decay", "model.dropout", "optim.epochs")
+# Settings only the epoch loop uses: a solved head (optim.solver "auto" on cached features) ignores them.
+LOOP_ONLY = {"optim.lr", "optim.weight_decay", "optim.epochs", "optim.batch_size", "optim.optimizer",
+             "optim.schedule", "model.dropout"}
 
 
 def default_space() -> dict[str, dict[str, Any]]:

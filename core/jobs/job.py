@@ -64,7 +64,7 @@ class Snapshot:
             return self.batch / self.batches if self.batches else 0.0
         fit = 0.0
         if self.epochs and self.epoch:
-            within = (self.batch / self.batches if self.batches and self.phase == "train" else
+            within = (self.batch / self.batches if self.batches and self.phase in ("train", "solve") else
                       1.0 if self.phase == "val" else 0.0)
             fit = min(1.0, (self.epoch - 1 + within) / self.epochs)
         if self.stage:

@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 
 from core.models import backbones
 from core.evaluate import heldout
-from core.train import features
+from core.train import features, head_solver
 from core.evaluate import metrics
 from core import runs
 from core.models import strategies
@@ -66,6 +66,44 @@ class Step:
     mix: Any = None  # MixUp/CutMix on a batch
     l1: float = 0.0
     clip_grad: float = 0.0
+
+
+def solves_head(p: "Prepared") -> bool:
+    """The head is solved (head_solver.py) rather than looped over: on cached features, unless the config asks
+    for the loop or for what the solver's objective has no place for (L1, balanced sampling)."""
+    c = p.config
+    return (p.net is not p.model and c.optim.solver == "auto" and not c.regularize.l1
+            and c.regularize.class_weighting != "sampler")
+
+
+def solve_head(p: "Prepared", criterion: nn.Module, state: State, cb: Callback,
+               stop_event: threading.Event) -> dict[str, float]:
+    """One full-batch solve of the head on the training split's cached features; progress is the L2 search."""
+    x, y = p.loaders["train"].dataset.tensors
+    state.phase = "solve"
+
+    def progress(done: int, total: int) -> None:
+        state.batch, state.batches = done, total
+        cb.on_batch_end(state)
+        if stop_event.is_set():
+            raise StopTraining("stopped on request")
+
+    solution = head_solver.fit_head(x, y, len(p.dataset.classes), criterion.weight,
+                                    p.config.regularize.label_smoothing, p.config.seed, progress)
+    linear = p.net if isinstance(p.net, nn.Linear) else p.net[-1]  # after the dropout, which a solve has no use for
+    with torch.no_grad():
+        linear.weight.copy_(solution.weight)
+        linear.bias.copy_(solution.bias)
+        p.net.eval()
+        logits = p.net(x.to(p.device))
+    state.phase, state.batch_loss = "train", float(criterion(logits, y.to(p.device)))
+    chosen = (f"chosen by {solution.folds}-fold cross-validation on the training split" if solution.folds else
+              "the default: a class has a single training image, too few to cross-validate")
+    cb.on_message(f"Head solved to convergence by L-BFGS ({solution.iterations} iterations); L2 strength "
+                  f"{solution.l2:g}, {chosen} (scikit-learn's C = {head_solver.sklearn_c(solution.l2, len(y)):.3g}). "
+                  "Optimizer, learning rate, epochs and weight decay do not apply to a solved head.")
+    return {"loss": state.batch_loss, "acc": float((logits.argmax(1).cpu() == y).double().mean()),
+            "l2": solution.l2}
 
 
 def train_one_epoch(model: nn.Module, step: Step, loader: Sequence, device: torch.device, state: State,
@@ -163,6 +201,8 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
         use_cached_features(p, cb, stop_event)
         net, loaders = p.net, p.loaders
         num_classes = len(dataset.classes)
+        solving = solves_head(p)
+        state.epochs = 1 if solving else config.optim.epochs  # a solved head is one pass, to convergence
         optimizer = _optimizer(config, model, backbone)
         monitor, maximize = _monitor(config, "val" in loaders)
         scheduler, when = make_scheduler(optimizer, config.optim, len(loaders["train"]), maximize)
@@ -187,7 +227,7 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
                                 "train_images": len(loaders["train"].dataset),
                                 "val_images": len(loaders["val"].dataset) if "val" in loaders else 0})
         trainable: list[bool] = []
-        for state.epoch in range(start, config.optim.epochs + 1):
+        for state.epoch in range(start, state.epochs + 1):
             now = strategies.trainable_groups(config.model, len(backbone.groups), state.epoch)
             if now != trainable and trainable:
                 names = [backbone.groups[i][0] for i, t in enumerate(now) if t and not trainable[i]]
@@ -202,13 +242,18 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
             started = time.perf_counter()
             loaders["train"].generator.manual_seed(config.seed * 100_003 + state.epoch)  # order and loader workers
             torch.manual_seed(config.seed * 100_019 + state.epoch)  # augmentation and dropout: epoch-reproducible
-            lr = optimizer.param_groups[-1]["lr"]  # the head's rate, as the epoch starts
-            train = train_one_epoch(net, step, loaders["train"], device, state, cb, stop_event)
+            lr = None if solving else optimizer.param_groups[-1]["lr"]  # the head's rate, as the epoch starts
+            if solving:
+                train = solve_head(p, step.criterion, state, cb, stop_event)
+            else:
+                train = train_one_epoch(net, step, loaders["train"], device, state, cb, stop_event)
             val = None
             if "val" in loaders:
                 state.phase = "val"
                 val = evaluate(net, eval_criterion, loaders["val"], device, num_classes)
             row = epoch_row(state.epoch, train, val) | {"lr": lr, "seconds": time.perf_counter() - started}
+            if "l2" in train:
+                row["l2"] = train["l2"]
             state.history.append(row)
             runs.append_jsonl(run_dir / "metrics.jsonl", row)
             score = row[monitor] if maximize else -row[monitor]
@@ -472,7 +517,7 @@ def _write_run_header(config: RunConfig, run_dir: Path, p: Prepared, fresh: bool
         provenance["strategy"] = p.strategy_note
     if fresh:
         for stale in ("metrics.jsonl", "confusion_matrix.json", "model.safetensors", "checkpoint.pt", "results.json",
-                      "predictions.jsonl"):
+                      "predictions.jsonl", "calibration.json"):
             (run_dir / stale).unlink(missing_ok=True)  # a fresh run into a used folder starts clean
     runs.write_json(run_dir / "config.json", config.to_dict() | {"provenance": provenance})
     runs.write_json(run_dir / "classes.json", p.dataset.classes)
