@@ -29,9 +29,15 @@ def with_test_split(data: Path, out: Path) -> Path:
     return out
 
 
-def mean_confidence(rows: list[dict]) -> float:
-    """The mean top probability on the test images: set against accuracy, which way a model is off."""
-    return statistics.fmean(max(r["probs"]) for r in rows if r.get("split", "test") == "test")
+def mean_confidence(rows: list[dict], temperature: float = 1.0) -> float:
+    """The mean top probability on the test images (with a member's temperature, as the ensemble uses it): set
+    against accuracy, which way a model is off."""
+    import torch
+
+    from core.evaluate.temperature import scale
+
+    probs = torch.tensor([r["probs"] for r in rows if r.get("split", "test") == "test"], dtype=torch.float64)
+    return float(scale(probs, temperature).max(1).values.mean())
 
 
 def main() -> None:
@@ -45,7 +51,7 @@ def main() -> None:
     from core.config import RunConfig
     from core.evaluate import ensemble
     from core.experiments import crossval
-    from core.runs import read_jsonl
+    from core.runs import read_json, read_jsonl
 
     config = RunConfig()
     if (args.data / "train").is_dir() and (args.data / "val").is_dir():
@@ -59,7 +65,9 @@ def main() -> None:
     results = ensemble.evaluate(home / "ensemble")
     test = results["test"]
     members = test["members"]
-    confidence = {m["run"]: mean_confidence(read_jsonl(Path(m["run"]) / "predictions.jsonl")) for m in members}
+    confidence = {m["run"]: mean_confidence(read_jsonl(Path(m["run"]) / "predictions.jsonl"),
+                                            read_json(Path(m["run"]) / "calibration.json")["temperature"])
+                  for m in members}
     out = {"data": str(args.data), "folds": args.folds, "test_images": test["images"],
            "cv_val_acc": summary["mean"]["val_acc"],
            "acc_single": statistics.fmean(m["acc"] for m in members), "acc_ensemble": test["acc"],
