@@ -125,6 +125,7 @@ def plain_torch_predictions(package: Path, images: list[Path]) -> torch.Tensor:
 
     z = zipfile.ZipFile(package)
     classes, pre = json.loads(z.read("classes.json")), json.loads(z.read("preprocessing.json"))
+    temperature = json.loads(z.read("calibration.json"))["temperature"]  # the README divides the logits by it
     assert 'timm.create_model("tf_efficientnet_lite0", num_classes=len(classes))' in z.read("README.md").decode()
     model = timm.create_model("tf_efficientnet_lite0", num_classes=len(classes))
     model.load_state_dict(load(z.read("model.safetensors")))
@@ -133,7 +134,7 @@ def plain_torch_predictions(package: Path, images: list[Path]) -> torch.Tensor:
                      v2.CenterCrop(pre["image_size"]), v2.ToDtype(torch.float32, scale=True),
                      v2.Normalize(pre["mean"], pre["std"])])
     with torch.no_grad():
-        return torch.cat([model(tf(Image.open(p).convert("RGB"))[None]).softmax(1) for p in images])
+        return torch.cat([(model(tf(Image.open(p).convert("RGB"))[None]) / temperature).softmax(1) for p in images])
 
 
 def app_predictions(run_dir: Path, images: list[Path]) -> torch.Tensor:

@@ -122,3 +122,17 @@ def test_a_second_start_waits_in_the_queue_and_says_so(app):
     registry(at).stop(first)
     poll(at, lambda a: not registry(a).snapshot(first).active, timeout=30)
     assert registry(at).snapshot(second).status == "stopped" and registry(at).snapshot(second).started_at is None
+
+
+def test_a_linear_probe_is_solved_unless_the_loop_is_chosen(app, workspace):
+    at = app("views/train.py")
+    config = at.session_state["config"]
+    config.model.strategy = "linear-probe"
+    at.number_input(key="train-epochs").set_value(3)
+    at.selectbox(key="train-solver").set_value("loop").run()
+    assert at.session_state["config"].optim.solver == "loop"
+    at.button[[b.label for b in at.button].index("Start training")].click().run()
+    poll(at, lambda a: not a.session_state["registry"].active(None))
+    run_dir = max((workspace / "runs").iterdir())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["lr"] is not None for r in rows)  # the loop, as chosen: three epochs

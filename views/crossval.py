@@ -23,9 +23,9 @@ root = workspace_root() / "cv"
 
 
 def studies() -> list[str]:
-    """Cross-validation folders, newest first: the app's (job.json from their start) and the CLI's (cv.json)."""
-    return sorted({p.parent.name for name in ("job.json", crossval.CV_FILE) for p in root.glob(f"*/{name}")},
-                  reverse=True)
+    """Cross-validation folders, newest first. Every folder counts: the registry makes one when Start is pressed,
+    before its worker has written a file into it."""
+    return sorted((p.name for p in root.iterdir() if p.is_dir()), reverse=True) if root.is_dir() else []
 
 
 def status_of(cv_id: str) -> str:

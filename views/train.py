@@ -108,6 +108,11 @@ with st.expander("Augmentation", expanded=False):
 o, r = config.optim, config.regularize
 with st.expander("Hyperparameters", expanded=True):
     c1, c2, c3 = st.columns(3)
+    o.solver = c1.selectbox("Head training", ["auto", "loop"], ["auto", "loop"].index(o.solver), key="train-solver",
+                            help="auto: a linear probe on cached features (the default) has its head solved to "
+                                 "convergence, its L2 strength chosen by cross-validation; the optimizer, learning "
+                                 "rate, epochs, weight decay and dropout below then do not apply. loop: epochs of "
+                                 "the optimizer, as for every other strategy.")
     o.epochs = c1.number_input("Epochs", 1, 500, o.epochs, help="Passes over the training images.", key="train-epochs")
     o.batch_size = c1.number_input("Batch size", 1, 512, o.batch_size, help="Images per step; lower it if memory runs out.", key="train-batch-size")
     o.optimizer = c1.selectbox("Optimizer", ["adamw", "adam", "sgd"], ["adamw", "adam", "sgd"].index(o.optimizer), key="train-optimizer")
