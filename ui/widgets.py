@@ -119,13 +119,13 @@ def group_settings(data: DataConfig, dataset_root: Path, key: str) -> None:
             st.caption("Upload the CSV: one row per image, its path as the Data page lists it, and its group.")
 
 
-def pick_from_url(label: str, ids: list[str], param: str, key: str, describe) -> str:
+def pick_from_url(label: str, ids: list[str], param: str, key: str, describe=None) -> str:
     """A chooser whose choice lives in the URL (?param=id), so a link, a job just started and the user's own pick
     all show the same thing. Call after a `missing_link` check; ids must not be empty. `describe` must not change
     while the page is open (a status would: the option would no longer match the one chosen)."""
     chosen = st.query_params.get(param, "")
     st.session_state[key] = chosen if chosen in ids else ids[0]
-    pick = st.selectbox(label, ids, key=key, format_func=lambda i: f"{i} · {describe(i)}",
+    pick = st.selectbox(label, ids, key=key, format_func=(lambda i: f"{i} · {describe(i)}") if describe else str,
                         on_change=lambda: set_url(param, st.session_state[key]))
     if pick != chosen:
         set_url(param, pick)

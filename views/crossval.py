@@ -36,13 +36,6 @@ def status_of(cv_id: str) -> str:
     return "interrupted" if status == "running" and not live_worker(root / cv_id) else status
 
 
-def describe(cv_id: str) -> str:
-    config = read_json(root / cv_id / "job.json", {}).get("config") or read_json(root / cv_id / crossval.CV_FILE,
-                                                                                  {}).get("config", {})
-    data, model = config.get("data", {}), config.get("model", {})
-    return f"{data.get('folds', '?')} folds, {model.get('backbone', '?')}"
-
-
 def new_cv() -> None:
     key = st.query_params.get("data")
     if not key:
@@ -148,4 +141,4 @@ missing = missing_link(ids, "cv", "cross-validation")
 with st.expander("New cross-validation", expanded=missing or not st.query_params.get("cv")):
     new_cv()
 if ids:
-    follow(pick_from_url("Cross-validations", ids, "cv", "cv-pick", describe))
+    follow(pick_from_url("Cross-validations", ids, "cv", "cv-pick"))  # its config arrives after Start: ids only
