@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import colorsys
 import json
+import math
 import os
 import shutil
 import statistics
@@ -193,6 +194,14 @@ def report(data: Path | str, splits: int, out: dict) -> None:
                "ece_new_scaled < ece_new": result["ece_new_scaled"] < result["ece_new"]}
     for name, held in targets.items():
         print(f"target {name}: {'holds' if held else 'MISSED'}")
+    new, sk = per_seed["new"], per_seed["sklearn"]
+    paired = {"acc_new - acc_sklearn": [n["acc"] - k["acc"] for n, k in zip(new, sk)],
+              "ece_new - ece_sklearn": [n["ece"] - k["ece"] for n, k in zip(new, sk)],
+              "ece_new_scaled - ece_new": [n["ece_scaled"] - n["ece"] for n in new]}
+    for name, d in paired.items():  # whether a miss is beyond what the splits' noise explains
+        se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else math.nan
+        print(f"{name}: {statistics.fmean(d):+.4f} ± {se:.4f} (mean paired difference over the splits ± its "
+              "standard error)")
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
 
 

@@ -1,12 +1,17 @@
 """k-fold cross-validation: real fold runs on generated images, out-of-fold predictions, groups, the CLI."""
+import io
+import json
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
 from conftest import ROOT, image_bytes, COLOURS
 from core.config import RunConfig
+from core.deploy import export
 from core.evaluate.ensemble import EnsembleError, members_of
+from core.evaluate.predict import Predictor
 from core.experiments import crossval
 from core.runs import load_run, read_json, read_jsonl
 
@@ -62,6 +67,14 @@ def test_cross_validation_pools_each_image_once_and_keeps_groups_together(tmp_pa
     assert summary["groups"]["count"] == 8 and "pattern" in summary["groups"]["source"]
     assert sum(map(sum, summary["oof"]["confusion"])) == len(oof)
     assert read_json(out / crossval.CV_FILE) == summary
+    calibration = read_json(out / "calibration.json")  # one temperature from every out-of-fold prediction
+    assert calibration["fitted_on"] == "out-of-fold" and calibration["images"] == len(oof)
+    assert summary["oof"]["temperature"] == calibration["temperature"]
+    assert summary["oof"]["calibrated"]["cross_fitted"] and len(summary["oof"]["calibrated"]["reliability"]) == 10
+    (out / "calibration.json").write_text(json.dumps(calibration | {"temperature": 2.5}))
+    assert Predictor.load(out / "fold-2").temperature == 2.5  # a fold predicts with its CV's temperature
+    with zipfile.ZipFile(io.BytesIO(export.package(out / "fold-2"))) as z:
+        assert json.loads(z.read("calibration.json"))["temperature"] == 2.5
 
 
 def test_a_stopped_cross_validation_resumes_without_training_a_finished_fold_again(tmp_path, workspace):

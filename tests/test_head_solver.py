@@ -56,6 +56,34 @@ def test_temperature_keeps_every_prediction_and_lowers_the_nll_it_was_fitted_on(
     assert temperature.scale(probs, 1.0) is probs
 
 
+def test_a_calibrated_model_keeps_its_probabilities():
+    """Labels drawn from the model's own probabilities: a T fitted to them is noise, and the likelihood-ratio test
+    keeps T = 1 in all but about 5% of draws."""
+    kept = 0
+    for seed in range(40):
+        g = torch.Generator().manual_seed(seed)
+        logits = 3 * torch.randn(80, 2, generator=g)
+        labels = torch.multinomial(logits.softmax(1), 1, generator=g).squeeze(1)
+        kept += temperature.fit(logits, labels) == 1.0
+        assert temperature.optimum(logits, labels) != 1.0  # there is always some optimum: the test is what gates it
+    assert kept >= 34
+
+
+def test_cross_fitted_calibration_lets_no_group_calibrate_itself():
+    g = torch.Generator().manual_seed(2)
+    logits = 3 * torch.randn(600, 3, generator=g)
+    labels = torch.distributions.Categorical(logits=logits / 2.5).sample()  # over-confident by 2.5
+    groups = torch.arange(600) % 3
+    probs = logits.softmax(1).double()
+    honest = temperature.cross_fitted(probs, labels, groups)
+    assert torch.equal(honest.argmax(1), probs.argmax(1))
+    for k in range(3):
+        inside = groups == k
+        t = temperature.fit(temperature.logits_of(probs[~inside]), labels[~inside])
+        assert t > 1.5 and torch.allclose(honest[inside], temperature.scale(probs[inside], t))
+    assert temperature.nll(temperature.logits_of(honest), labels) < temperature.nll(temperature.logits_of(probs), labels)
+
+
 class Messages(Callback):
     def __init__(self):
         self.texts = []

@@ -121,6 +121,8 @@ def test_cross_validation_results_show_every_fold_and_the_pooled_predictions(wor
     assert list(folds["accuracy"]) == [f["val_acc"] for f in doc["folds"]]
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Mean accuracy"] == f"{doc['mean']['val_acc']:.3f}"
+    assert metrics["Calibration error (ECE) as trained"] == f"{doc['oof']['ece']:.3f}"  # out of fold, before and after
+    assert metrics["After temperature scaling"] == f"{doc['oof']['calibrated']['ece']:.3f}"
     assert "groups: pattern" in texts(at) or any("groups: pattern" in h.value for h in at.subheader)
     links = [p.proto.page for p in at.get("page_link")]
     assert any("review" in link for link in links) and any("ensembles" in link for link in links)

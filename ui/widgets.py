@@ -207,3 +207,15 @@ def confusion_view(matrix: list[list[int]], classes: list[str], key: str, normal
         return None
     pair = pairs[rows[0]]
     return classes.index(pair["true"]), classes.index(pair["predicted"])
+
+
+def calibration_view(before: dict, after: dict | None) -> None:
+    """ECE and the reliability diagram as trained and after the temperature, side by side."""
+    c1, c2 = st.columns(2)
+    c1.metric("Calibration error (ECE) as trained", f"{before['ece']:.3f}",
+              help="How far the confidence is from the accuracy, on average: 0 is perfectly calibrated.")
+    c1.altair_chart(charts.reliability(before["reliability"]), width="stretch")
+    if after:
+        c2.metric("After temperature scaling", f"{after['ece']:.3f}", delta=f"{after['ece'] - before['ece']:+.3f}",
+                  delta_color="inverse")
+        c2.altair_chart(charts.reliability(after["reliability"]), width="stretch")

@@ -13,8 +13,8 @@ from core.jobs.registry import JobError
 from core.jobs.supervisor import live_worker
 from core.runs import read_json
 from ui import charts
-from ui.widgets import (group_settings, job_progress, missing_link, pick_from_url, rerun_when_done, resume_button,
-                        set_url)
+from ui.widgets import (calibration_view, group_settings, job_progress, missing_link, pick_from_url, rerun_when_done,
+                        resume_button, set_url)
 
 st.title("Cross-validation")
 registry = st.session_state.registry
@@ -116,6 +116,13 @@ def results(folder) -> None:
         st.caption(f"Pooled out-of-fold confusion matrix: every image once, predicted by the model that did not "
                    f"train on it ({doc['oof']['images']} images, accuracy {doc['oof']['acc']:.3f}).")
         st.altair_chart(charts.confusion(doc["oof"]["confusion"], classes), width="stretch")
+        if doc["oof"].get("calibrated"):
+            st.caption("Calibration of the out-of-fold predictions. The 'after' figures scale each fold by the "
+                       "temperature the other folds give, so no image calibrates itself. Predict, the exports and "
+                       f"the package use the one fitted on all of them: {doc['oof']['temperature']:.3g}"
+                       + (" (1: no mis-calibration a likelihood-ratio test at 5% would call real)."
+                          if doc["oof"]["temperature"] == 1.0 else "."))
+            calibration_view(doc["oof"], doc["oof"]["calibrated"])
     with st.expander("Each fold's confusion matrix"):
         for col, f in zip(st.columns(min(len(doc["folds"]), 5)) * 4, doc["folds"]):
             col.caption(f"Fold {f['fold'] + 1}")

@@ -5,12 +5,13 @@ import streamlit as st
 from ui import charts
 from core.evaluate import heldout
 from core.evaluate import saliency
+from core.evaluate.predict import calibration_of
 from core.data.augment import denormalize
 from core.config import workspace_root
 from core.data.images import ImageError, to_pil
 from core.deploy.model_card import confusions
 from core.runs import list_runs, load_run
-from ui.widgets import confusion_view, downloads, pick_run, predictor, thumbnail
+from ui.widgets import calibration_view, confusion_view, downloads, pick_run, predictor, thumbnail
 
 GALLERY = 12
 
@@ -158,18 +159,17 @@ with tabs[3]:
                                           "val": "validation split, where the temperature was fitted: the 'after' "
                                                  "figure is optimistic. Set a test share on the Data page for an "
                                                  "honest one."}[shown]))
-        c1, c2 = st.columns(2)
-        c1.metric("Calibration error (ECE) as trained", f"{measured['ece']:.3f}",
-                  help="How far the confidence is from the accuracy, on average: 0 is perfectly calibrated.")
-        c1.altair_chart(charts.reliability(measured["reliability"]), width="stretch")
-        if after:
-            c2.metric("After temperature scaling", f"{after['ece']:.3f}", delta=f"{after['ece'] - measured['ece']:+.3f}",
-                      delta_color="inverse")
-            c2.altair_chart(charts.reliability(after["reliability"]), width="stretch")
+        calibration_view(measured, after)
         t = cal.get("temperature") or 1.0
+        used = calibration_of(run.run_dir)
+        if used.get("fitted_on") == "out-of-fold":
+            st.caption(f"This run is a fold of the cross-validation {run.run_dir.parent.name}: Predict, the exports "
+                       f"and the package use its temperature, {used['temperature']:.3g}, fitted on all "
+                       f"{used['images']} out-of-fold predictions rather than this fold's {results['val']['images']}.")
+            t = used["temperature"]
         st.caption(f"Temperature {t:.3g}: Predict, the exports and the model package divide the logits by it "
-                   f"({'softening over-confident' if t > 1 else 'sharpening under-confident' if t < 1 else 'leaving'}"
-                   " probabilities). Accuracy does not change: dividing every logit by one positive number never "
+                   f"({'softening over-confident probabilities' if t > 1 else 'sharpening under-confident probabilities' if t < 1 else 'a 1: the held-out predictions showed no mis-calibration that a likelihood-ratio test at 5% would call real, so the probabilities stay as trained'}"
+                   "). Accuracy does not change: dividing every logit by one positive number never "
                    "changes which class wins. Points on the diagonal: when the model says 80%, it is right 80% of "
                    "the time; below it, over-confident.")
     else:

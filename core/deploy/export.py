@@ -67,12 +67,13 @@ classes, pre = json.load(open("classes.json")), json.load(open("preprocessing.js
 model = {build}
 model.load_state_dict(load_file("model.safetensors")); model.eval()
 tf = v2.Compose([v2.ToImage(), v2.Resize(pre["resize_side"]), v2.CenterCrop(pre["image_size"]), v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre["mean"], pre["std"])])
-temperature = json.load(open("calibration.json"))["temperature"]  # 1.0 when the run had no validation split
+temperature = json.load(open("calibration.json"))["temperature"]  # 1.0: no validation split, or none needed
 probs = (model(tf(Image.open("photo.jpg").convert("RGB"))[None]) / temperature).softmax(1)[0]
 print(classes[probs.argmax().item()], f"{{probs.max().item():.1%}}")
 ```
 
-Dividing the logits by `temperature` (fitted on the validation split, temperature scaling) gives the calibrated
+Dividing the logits by `temperature` (temperature scaling, fitted on held-out predictions: `fitted_on` in
+`calibration.json` says which; 1.0 when they showed the model already calibrated) gives the calibrated
 probabilities the app shows; it never changes which class wins. The TorchScript and ONNX exports already divide.
 
 That snippet is for the default `crop` resize; `preprocessing.json` says which one this model used
@@ -99,11 +100,13 @@ def weights_bytes(run_dir: Path) -> bytes:
 
 def package(run_dir: Path) -> bytes:
     """The model package zip, built when asked for (a download button calls this on click)."""
+    from core.evaluate.predict import calibration_of
+
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("model.safetensors", weights_bytes(run_dir))
         z.writestr("preprocessing.json", json.dumps(preprocessing(run_dir), indent=2))
-        z.writestr("calibration.json", json.dumps(runs.read_json(run_dir / "calibration.json") or {
+        z.writestr("calibration.json", json.dumps(calibration_of(run_dir) or {
             "temperature": 1.0, "fitted_on": None}, indent=2))  # a run evaluated before temperatures existed
         for name in PACKAGE_FILES:
             if (run_dir / name).is_file():

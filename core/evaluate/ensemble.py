@@ -25,7 +25,7 @@ from core.config import RunConfig
 from core.data.images import Source
 from core.evaluate.heldout import SPLITS, scores
 from core.evaluate import temperature
-from core.evaluate.predict import CALIBRATION, Predictor
+from core.evaluate.predict import Predictor, temperature_of
 from core.models import backbones
 
 SPEC = "ensemble.json"
@@ -161,7 +161,7 @@ def _calibrated_rows(run: Path) -> dict[tuple, list[float]]:
     """A member's held-out probabilities with its own temperature applied, as its Predictor gives them: the
     ensemble averages calibrated members."""
     rows = runs.read_jsonl(run / "predictions.jsonl")
-    t = (runs.read_json(run / CALIBRATION) or {}).get("temperature") or 1.0
+    t = temperature_of(run)
     if not rows:
         return {}
     probs = temperature.scale(torch.tensor([r["probs"] for r in rows], dtype=torch.float64), t)

@@ -74,8 +74,7 @@ class Predictor:
         except (RuntimeError, OSError, SafetensorError) as exc:  # damaged or foreign weights: a sentence
             raise ValueError(f"The weights of {run_dir.name} cannot be loaded into its {backbone.name}: "
                              f"{str(exc).splitlines()[0]}") from exc
-        temperature = (runs.read_json(run_dir / CALIBRATION) or {}).get("temperature") or 1.0
-        return cls(run_dir, config, backbone, classes, Calibrated(model, temperature).eval(),
+        return cls(run_dir, config, backbone, classes, Calibrated(model, temperature_of(run_dir)).eval(),
                    eval_transform(config.augment, backbone.mean, backbone.std))
 
     def tensor(self, source: Source) -> torch.Tensor:
@@ -111,6 +110,19 @@ class Predictor:
         if batch:
             parts.append(self.probabilities(batch))
         return names, skipped, torch.cat(parts) if parts else torch.empty(0, len(self.classes))
+
+
+def calibration_of(run_dir: Path) -> dict:
+    """The calibration.json a run's predictions use: a cross-validation fold's is its CV folder's, fitted on every
+    out-of-fold prediction (k times the images of the fold's own validation split); any other run's its own."""
+    run_dir = Path(run_dir)
+    if (run_dir.parent / runs.CV_FILE).is_file() and (cv := runs.read_json(run_dir.parent / CALIBRATION)):
+        return cv
+    return runs.read_json(run_dir / CALIBRATION) or {}
+
+
+def temperature_of(run_dir: Path) -> float:
+    return calibration_of(run_dir).get("temperature") or 1.0
 
 
 def load_any(path: Path) -> "Predictor | EnsemblePredictor":
@@ -150,7 +162,7 @@ def uncertain_below(model: "Predictor | EnsemblePredictor") -> float:
     """The default confidence under which a prediction is flagged uncertain, from the validation data (heldout.py
     writes it to calibration.json); an ensemble takes its members' mean; 0.5 for a run evaluated without one."""
     members = getattr(model, "members", [model])
-    found = [v for m in members if (v := (runs.read_json(m.run_dir / CALIBRATION) or {}).get("uncertain_below"))]
+    found = [v for m in members if (v := calibration_of(m.run_dir).get("uncertain_below"))]
     return sum(found) / len(found) if found else 0.5
 
 

@@ -4,6 +4,12 @@ how sure the probabilities sound does.
 
 Held-out predictions are stored as probabilities; log p is the logit up to a constant per row, which softmax
 ignores, so T is fitted from them as well as from logits.
+
+A temperature is applied only when the held-out predictions show the model mis-calibrated: a likelihood-ratio
+test at 5%. A head that is already calibrated (the solved head usually is) gains nothing from a T fitted on a few
+dozen images but their noise: on ants/bees over 40 random splits (80 validation images), an ungated T raised the
+solved head's test ECE from 0.032 to 0.035 (scikit-learn's logistic regression's likewise), the gated one kept it;
+on 100 generated classes, where the head was over-confident, both lowered it (0.039 to 0.036).
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import math
 import torch
 
 T_MIN, T_MAX = 0.05, 20.0  # beyond these the held-out set is too small or too clean to say anything
+EVIDENCE = 1.92  # the summed NLL must fall by half the 95% quantile of chi-square with 1 degree of freedom
 
 
 def logits_of(probs: torch.Tensor) -> torch.Tensor:
@@ -24,6 +31,17 @@ def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) ->
 
 
 def fit(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The optimum's T when it passes the likelihood-ratio test against T = 1, else 1."""
+    t = optimum(logits, labels)
+    return t if evidence(logits, labels, t) > EVIDENCE else 1.0
+
+
+def evidence(logits: torch.Tensor, labels: torch.Tensor, t: float) -> float:
+    """How much T lowers the summed NLL against T = 1 (half the likelihood-ratio statistic)."""
+    return len(labels) * (nll(logits, labels, 1.0) - nll(logits, labels, t)) if len(labels) else 0.0
+
+
+def optimum(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The T in [T_MIN, T_MAX] minimising the NLL of softmax(logits / T): a one-dimensional convex problem in
     log T, solved by golden-section search (no learning rate, no iterations count to pick)."""
     if len(labels) == 0:
@@ -42,8 +60,18 @@ def fit(logits: torch.Tensor, labels: torch.Tensor) -> float:
             lo, a, fa = a, b, fb
             b = lo + ratio * (hi - lo)
             fb = nll(logits, labels, math.exp(b))
-    t = math.exp((lo + hi) / 2)
-    return t if nll(logits, labels, t) <= nll(logits, labels, 1.0) else 1.0
+    return math.exp((lo + hi) / 2)
+
+
+def cross_fitted(probs: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Each group's probabilities scaled by the temperature fitted on the other groups (the folds of a
+    cross-validation): calibration measured on the result is honest, since no image calibrated itself."""
+    out = probs.clone()
+    for g in groups.unique():
+        inside = groups == g
+        t = fit(logits_of(probs[~inside]), labels[~inside]) if (~inside).any() else 1.0
+        out[inside] = scale(probs[inside], t)
+    return out
 
 
 def scale(probs: torch.Tensor, temperature: float) -> torch.Tensor:

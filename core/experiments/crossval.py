@@ -4,7 +4,10 @@ CV_DIR/fold-1 .. fold-K      run folders (config.json says data.folds = K, data.
                              plain run the Results page, exports and `evaluate` understand)
 CV_DIR/oof_predictions.jsonl every image outside the test split exactly once: path, fold, label, probs
 CV_DIR/cv.json               per-fold metrics, mean and standard deviation, the pooled out-of-fold confusion
-                             matrix, and where the groups came from
+                             matrix and calibration (before and after the temperature), and where the groups
+                             came from
+CV_DIR/calibration.json      the temperature fitted on every out-of-fold prediction: the folds' models use it
+                             (Predict, exports, ensembles) in place of the one their own validation fold gave
 
 Folds are assigned in core/data (group-aware when the config names groups), so a fold's run folder alone says
 which images it held out. A resumed cross-validation skips finished folds and resumes a stopped one.
@@ -24,7 +27,8 @@ from core.runs import CV_FILE, OOF_FILE
 from core.config import RunConfig, workspace_root
 from core.data.sources import DataError
 from core.data.validation import Dataset, load_dataset
-from core.evaluate import calibration, metrics
+from core.evaluate import calibration, metrics, temperature
+from core.evaluate.predict import CALIBRATION
 from core.train.callbacks import Callback, Callbacks
 from core.train.engine import fit
 
@@ -123,9 +127,25 @@ def summarize(out_dir: Path, config: RunConfig, dataset: Dataset, status: str) -
         labels = torch.tensor([r["label"] for r in oof])
         cm = metrics.confusion_matrix(probs.argmax(1), labels, len(classes))
         summary["oof"] = {"images": len(oof), **metrics.summary(cm), "confusion": cm.tolist(),
-                          "ece": calibration.expected_calibration_error(probs, labels)}
+                          **oof_calibration(out_dir, probs.double(), labels, torch.tensor([r["fold"] for r in oof]))}
     runs.write_json(out_dir / CV_FILE, summary)
     return summary
+
+
+def oof_calibration(out_dir: Path, probs: torch.Tensor, labels: torch.Tensor, folds: torch.Tensor
+                    ) -> dict[str, Any]:
+    """Fits the temperature on all out-of-fold predictions (calibration.json) and scores them before and after it.
+    The "after" figures scale each fold by the temperature the other folds give, so no image calibrates itself:
+    they are honest where the validation split's are optimistic."""
+    t = temperature.fit(temperature.logits_of(probs), labels)
+    runs.write_json(out_dir / CALIBRATION, {
+        "temperature": t, "fitted_on": "out-of-fold", "images": len(labels),
+        "uncertain_below": temperature.uncertain_below(temperature.scale(probs, t), labels)})
+    honest = temperature.cross_fitted(probs, labels, folds)
+    return {"ece": calibration.expected_calibration_error(probs, labels),
+            "reliability": calibration.reliability(probs, labels), "temperature": t,
+            "calibrated": {"ece": calibration.expected_calibration_error(honest, labels),
+                           "reliability": calibration.reliability(honest, labels), "cross_fitted": True}}
 
 
 def _stat(folds: list[dict[str, Any]], metric: str, fn) -> float | None:

@@ -18,8 +18,10 @@ from torch.nn import functional as F
 
 from core.data.splits import stratified_kfold
 
-L2_GRID = tuple(10.0 ** e for e in (-4, -3, -2, -1, 0))  # sklearn's default C=1 on 250 images is l2 4e-3
-CV_FOLDS = 3
+L2_GRID = tuple(10.0 ** (e / 2) for e in range(-8, 1))  # 1e-4 .. 1 in half decades (sklearn's C=1 on 250
+# images is l2 4e-3). A coarser grid or fewer folds make the choice noisy: with decades and 3 folds, the test ECE
+# over 40 ants/bees splits was 0.036 against scikit-learn's 0.032; with these, 0.032 (bench/calibration.py)
+CV_FOLDS = 5
 DEFAULT_L2 = 1e-3  # when no cross-validation is possible
 MAX_ITER = 1000
 CV_MAX_ITER = 50  # ranking the L2 strengths needs no exact optimum (weak penalties on separable data crawl), nor
