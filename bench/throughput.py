@@ -1,7 +1,8 @@
 """Training throughput of the engine against a plain hand-written torchvision loop.
 
 Same model, batch size, data, image size and threads, and the same work: the plain loop trains every layer, so
-the engine runs full fine-tuning too (not the default strategy, which may train only the head). Each variant runs
+the engine runs full fine-tuning too (not the default strategy, which may train only the head), in the plain
+loop's contiguous float32 (not the default channels_last). Each variant runs
 in its own process so its peak memory (max RSS) is its own. Prints a table, then one line of JSON with the
 engine/plain ratios (the target: 0.95 or more).
 
@@ -77,6 +78,8 @@ def engine(data: Path, backbone: str, size: int, batch: int, threads: int, batch
     config.model.strategy = STRATEGY
     config.augment.image_size, config.augment.crop_scale_min = size, 0.6
     config.optim.batch_size, config.optim.epochs, config.threads = batch, 1, threads
+    config.channels_last, config.precision = False, "fp32"  # the plain loop's layout and arithmetic: this measures
+    # the engine's own cost (callbacks, metrics, checkpoints); bench/speed.py measures what channels_last gains
     clock = Clock()
     with tempfile.TemporaryDirectory() as tmp:
         fit(config, Path(tmp) / "run", [clock])

@@ -29,6 +29,7 @@ from core.config import ConfigError, RunConfig, set_setting, settings, workspace
 from core.data.images import ImageError
 from core.data.sources import DataError
 from core.data.validation import load_dataset
+from core.models.inference import ENGINES
 from core.models.weights import WeightsError
 
 
@@ -83,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--top-k", type=int, default=3)
     r.add_argument("--uncertain-below", type=float, metavar="P",
                    help="flag predictions whose top probability is below P (default: from the run's validation data)")
+    r.add_argument("--engine", choices=ENGINES, help="what runs the network (default: the run's config, auto: the "
+                   "fastest one here that agrees with PyTorch)")
     r.set_defaults(run=cmd_predict)
 
     e = sub.add_parser("export", help="write a run's model (or an ensemble's graph) in a deployable format")
@@ -354,10 +357,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if not any((args.run_dir / name).is_file() for name in ("ensemble.json", "cv.json")):
         _run_dir(args.run_dir)
-    predictor = load_any(args.run_dir)
+    predictor = load_any(args.run_dir, args.engine)
     names, skipped, probs = predictor.classify((str(p), p) for p in image_files(args.images))
     for name, reason in skipped:
         print(f"skipped {name}: {reason}", file=sys.stderr)
+    print(f"engine: {', '.join(sorted({m.engine_used for m in getattr(predictor, 'members', [predictor])}))}",
+          file=sys.stderr)
     if not names:
         raise ImageError("no image could be read from what was given")
     threshold = uncertain_below(predictor) if args.uncertain_below is None else args.uncertain_below

@@ -125,7 +125,10 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads; 0 = all cores
-    num_workers: int = 0  # DataLoader worker processes
+    num_workers: int = -1  # DataLoader worker processes; -1: sized to the cores on a GPU, none on a CPU
+    engine: str = "auto"  # what runs a frozen network (features, Predict): auto | onnxruntime | channels_last | eager
+    precision: str = "auto"  # autocast in loops through the backbone: auto | fp32 | bf16 | fp16 (train/precision.py)
+    channels_last: bool = True  # memory layout in loops through the backbone: faster convolutions, same arithmetic
     feature_cache: bool = True  # linear probe without random augmentation trains the head on cached features
 
     def to_dict(self) -> dict[str, Any]:

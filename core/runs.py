@@ -19,7 +19,9 @@ import json
 import math
 import os
 import shutil
+import stat
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -111,22 +113,80 @@ def finite(obj: Any) -> Any:
     return obj
 
 
+SUMMARY_FILES = ("config.json", "status.json", "metrics.jsonl")  # all a list_runs row is made of
+_CACHED_ROOTS = 8
+_CACHED_RUNS = 10_000  # per root; runs beyond are read on every call
+# A file changed twice within one tick of the file system's clock (up to 2 s on some) can keep its stamp: a row
+# whose files are younger than this is read again next time rather than trusted.
+_RACY_NS = 2_000_000_000
+_cache: dict[str, dict[str, tuple[tuple, dict[str, Any]]]] = {}  # root -> run folder name -> (stamp, row)
+_cache_lock = threading.Lock()
+
+
 def list_runs(root: Path) -> list[dict[str, Any]]:
-    """Every run folder under root, newest first, from what is on disk (so a server restart loses nothing)."""
+    """Every run folder under root, newest first, from what is on disk (so a server restart loses nothing).
+
+    A run's row is read again only when a file it comes from changed (SUMMARY_FILES: modification time, size and
+    inode), so a rerun with a thousand runs costs a few thousand stat calls rather than six thousand JSON reads;
+    a new, deleted, resumed or still-training run shows as it is on disk on the next call. Each row is the
+    caller's own copy: a page may change it."""
+    key = os.path.abspath(root)
+    with _cache_lock:
+        known = _cache.get(key, {})
+    try:
+        names = sorted((e.name for e in os.scandir(key) if not e.name.startswith(".") and e.is_dir()), reverse=True)
+    except OSError:  # no runs folder yet, or not one this process may read: no runs, as glob has it
+        names = []
+    settled = time.time_ns() - _RACY_NS
+    fresh: dict[str, tuple[tuple, dict[str, Any]]] = {}
     rows = []
-    for run_dir in sorted((p for p in Path(root).glob("*") if (p / "config.json").is_file()), reverse=True):
-        run = load_run(run_dir)
-        model = run.config.get("model", {})
-        rows.append({
-            "id": run.id, "run_dir": run_dir, "status": run.status.get("status", "unknown"),
-            "message": run.status.get("message", ""), "backbone": model.get("backbone"),
-            "strategy": model.get("strategy"), "weights": run.weights_source, "epochs": len(run.history),
-            "best_epoch": run.best_epoch, "val_acc": run.best.get("val_acc"),
-            "val_macro_f1": run.best.get("val_macro_f1"), "seconds": run.seconds,
-            "dataset": run.config.get("provenance", {}).get("dataset", {}).get("key"),
-            "time": (run_dir / "config.json").stat().st_mtime,
-        })
+    for name in names:
+        run_dir = os.path.join(key, name)
+        stamp = _stamp(run_dir)
+        if stamp[0] is None:
+            continue
+        entry = known.get(name)
+        if entry is None or entry[0] != stamp:
+            try:
+                entry = stamp, _summary(load_run(Path(run_dir)), stamp)
+            except FileNotFoundError:  # deleted while listed
+                continue
+        if len(fresh) < _CACHED_RUNS and all(s is None or s[0] < settled for s in stamp):
+            fresh[name] = entry
+        rows.append(dict(entry[1]))
+    with _cache_lock:
+        _cache.pop(key, None)
+        _cache[key] = fresh
+        while len(_cache) > _CACHED_ROOTS:
+            del _cache[next(iter(_cache))]
     return rows
+
+
+def _stamp(run_dir: str) -> tuple:
+    """(mtime_ns, size, inode) of each of SUMMARY_FILES, None where it is missing: an append changes the size and
+    the mtime, an atomic replace (write_json) the inode."""
+    stamp = []
+    for name in SUMMARY_FILES:
+        try:
+            st = os.stat(os.path.join(run_dir, name))
+        except (FileNotFoundError, NotADirectoryError):
+            stamp.append(None)
+            continue
+        stamp.append((st.st_mtime_ns, st.st_size, st.st_ino) if stat.S_ISREG(st.st_mode) else None)
+    return tuple(stamp)
+
+
+def _summary(run: RunRecord, stamp: tuple) -> dict[str, Any]:
+    model = run.config.get("model", {})
+    return {
+        "id": run.id, "run_dir": run.run_dir, "status": run.status.get("status", "unknown"),
+        "message": run.status.get("message", ""), "backbone": model.get("backbone"),
+        "strategy": model.get("strategy"), "weights": run.weights_source, "epochs": len(run.history),
+        "best_epoch": run.best_epoch, "val_acc": run.best.get("val_acc"),
+        "val_macro_f1": run.best.get("val_macro_f1"), "seconds": run.seconds,
+        "dataset": run.config.get("provenance", {}).get("dataset", {}).get("key"),
+        "time": stamp[0][0] / 1e9,
+    }
 
 
 @dataclass

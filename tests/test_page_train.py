@@ -136,3 +136,16 @@ def test_a_linear_probe_is_solved_unless_the_loop_is_chosen(app, workspace):
     run_dir = max((workspace / "runs").iterdir())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["lr"] is not None for r in rows)  # the loop, as chosen: three epochs
+
+
+def test_the_speed_settings_reach_the_run(app, workspace):
+    at = app("views/train.py")
+    at.session_state["config"].model.strategy = "linear-probe"
+    at.selectbox(key="train-engine").set_value("channels_last")
+    at.checkbox(key="train-channels-last").uncheck()
+    at.selectbox(key="train-precision").set_value("bf16").run()
+    at.button[[b.label for b in at.button].index("Start training")].click().run()
+    poll(at, lambda a: not a.session_state["registry"].active(None))
+    written = json.loads((max((workspace / "runs").iterdir()) / "config.json").read_text())
+    assert (written["engine"], written["channels_last"], written["precision"]) == ("channels_last", False, "bf16")
+    assert written["provenance"]["features"] == {"engine": "channels_last"}

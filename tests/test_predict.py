@@ -50,6 +50,15 @@ def test_predictor_repeats_validation_exactly(run):
     assert results["test"]["images"] == sum(r["split"] == "test" for r in rows)
 
 
+def test_predict_runs_on_the_fast_engine_and_agrees_with_eager_pytorch(run):
+    fast, eager = Predictor.load(run), Predictor.load(run, engine="eager")
+    images = [fast.tensor(image_bytes(c, size=(40, 30), seed=i)) for i, c in enumerate(COLOURS * 8)]  # 2 batches
+    assert torch.allclose(fast.probabilities(images), eager.probabilities(images), atol=1e-4)
+    assert (fast.engine_used, eager.engine_used) == ("onnxruntime", "eager")
+    with torch.no_grad():  # the network itself, as the exports and Grad-CAM use it
+        assert torch.allclose(eager.probabilities(images), eager.model(torch.stack(images)).softmax(1), atol=1e-5)
+
+
 def test_predictor_refuses_a_run_without_weights_and_a_file_that_is_not_an_image(run, tmp_path):
     (tmp_path / "config.json").write_text((run / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="no weights yet"):
@@ -107,14 +116,16 @@ def test_cli_predict_evaluate_and_export_card(run, tmp_path):
     out = cli("predict", run, image, tmp_path / "bad.png", "--csv", tmp_path / "p.csv", "--top-k", "2", home=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "skipped" in out.stderr and "bad.png" in out.stderr
+    assert "engine: onnxruntime" in out.stderr
     predictor = Predictor.load(run)
     expected = predictor.probabilities([predictor.tensor(image)])
     threshold = json.loads((run / "calibration.json").read_text())["uncertain_below"]  # from the validation data
     assert (tmp_path / "p.csv").read_text() == predictions_csv([str(image)], expected, predictor.classes, threshold)
     assert out.stdout.startswith(f"{image}\t{top_k(expected, predictor.classes, 1)[0][0][0]} ")
     assert out.stdout.strip().endswith("uncertain") == (expected.max().item() < threshold)
-    sure = cli("predict", run, image, "--uncertain-below", "1.01", home=tmp_path)  # nothing is that sure
-    assert sure.returncode == 0 and sure.stdout.strip().endswith("\tuncertain")
+    sure = cli("predict", run, image, "--uncertain-below", "1.01", "--engine", "eager", home=tmp_path)  # nothing is
+    assert sure.returncode == 0 and sure.stdout.strip().endswith("\tuncertain")  # that sure
+    assert "engine: eager" in sure.stderr and sure.stdout.split("\t")[1] == out.stdout.split("\t")[1]
     before = json.loads((run / "results.json").read_text())
     out = cli("evaluate", run, home=tmp_path)
     assert out.returncode == 0 and "val:" in out.stdout and "test:" in out.stdout

@@ -8,6 +8,8 @@ from ui import charts
 from core.data.augment import preview
 from core.config import workspace_root
 from core.train.engine import MONITORS
+from core.models.inference import ENGINES
+from core.train.precision import PRECISIONS
 from core.data.images import decode_image, to_pil
 from core.train.schedules import SCHEDULES
 from core.data.sources import DataError
@@ -127,6 +129,19 @@ with st.expander("Hyperparameters", expanded=True):
                                      help="loss: weighted cross-entropy; sampler: balanced batches.", key="train-class-imbalance")
     config.early_stop.patience = c3.number_input("Early stopping patience (0 = off)", 0, 100, config.early_stop.patience, key="train-early-stopping-patience-0-off")
     config.early_stop.monitor = c3.selectbox("Best epoch by", MONITORS, MONITORS.index(config.early_stop.monitor), key="train-best-epoch-by")
+
+with st.expander("Speed"):
+    c1, c2, c3 = st.columns(3)
+    config.engine = c1.selectbox("Feature engine", ENGINES, ENGINES.index(config.engine), key="train-engine",
+                                 help="What computes the frozen features (and runs Predict): auto takes the fastest "
+                                      "one here that agrees with PyTorch (onnxruntime on a CPU: about 3x eager PyTorch).")
+    config.precision = c2.selectbox("Training precision", PRECISIONS, PRECISIONS.index(config.precision),
+                                    key="train-precision",
+                                    help="For training through the backbone. auto: float32 on a CPU, bfloat16 or "
+                                         "float16 (with a gradient scaler) on a GPU.")
+    config.channels_last = c3.checkbox("channels_last memory layout", config.channels_last, key="train-channels-last",
+                                       help="Faster convolutions (about 1.6x training through the backbone on a "
+                                            "CPU), the same arithmetic.")
 
 
 

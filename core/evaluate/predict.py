@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -15,7 +18,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torchvision.transforms import v2
 
-from core.models import backbones
+from core.models import backbones, inference
 from core import runs
 from core.data.augment import eval_transform
 from core.config import RunConfig
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
     from core.evaluate.ensemble import EnsemblePredictor
 
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where Predict runs the network
 CALIBRATION = "calibration.json"  # the run's fitted temperature and where it was fitted (heldout.py writes it)
 
 
@@ -49,6 +53,8 @@ class Predictor:
     classes: list[str]
     model: Calibrated
     transform: v2.Compose
+    engine: str = "auto"  # what runs the network for probabilities (core/models/inference.py)
+    _runner: inference.Runner | None = field(default=None, repr=False, compare=False)
 
     @property
     def net(self) -> nn.Module:
@@ -60,8 +66,9 @@ class Predictor:
         return float(self.model.temperature)
 
     @classmethod
-    def load(cls, run_dir: Path) -> "Predictor":
-        """Raises FileNotFoundError when the run has no weights yet, ValueError when they cannot be used."""
+    def load(cls, run_dir: Path, engine: str | None = None) -> "Predictor":
+        """engine: the run's config's (auto unless it says otherwise) when None. Raises FileNotFoundError when the
+        run has no weights yet, ValueError when they cannot be used."""
         run_dir = Path(run_dir)
         if not (run_dir / "model.safetensors").is_file():
             raise FileNotFoundError(f"{run_dir.name} has no weights yet: they are written when an epoch ends.")
@@ -74,8 +81,9 @@ class Predictor:
         except (RuntimeError, OSError, SafetensorError) as exc:  # damaged or foreign weights: a sentence
             raise ValueError(f"The weights of {run_dir.name} cannot be loaded into its {backbone.name}: "
                              f"{str(exc).splitlines()[0]}") from exc
+        inference.resolve(engine or config.engine, DEVICE)  # refuses an unknown engine now, not at the first image
         return cls(run_dir, config, backbone, classes, Calibrated(model, temperature_of(run_dir)).eval(),
-                   eval_transform(config.augment, backbone.mean, backbone.std))
+                   eval_transform(config.augment, backbone.mean, backbone.std), engine or config.engine)
 
     def tensor(self, source: Source) -> torch.Tensor:
         """One image as the model sees it: (3, S, S), normalised. Raises ImageError for what is not an image."""
@@ -85,30 +93,47 @@ class Predictor:
     def probabilities(self, images: Sequence[torch.Tensor], batch_size: int = 32,
                       calibrated: bool = True) -> torch.Tensor:
         """(N, classes) softmax probabilities for preprocessed images, with the run's temperature unless told."""
-        module = self.model if calibrated else self.net
-        out = [module(torch.stack(list(images[i:i + batch_size]))).softmax(1)
-               for i in range(0, len(images), batch_size)]
-        return torch.cat(out) if out else torch.empty(0, len(self.classes))
+        batches = [torch.stack(list(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
+        if not batches:
+            return torch.empty(0, len(self.classes))
+        if self._runner is None:  # built (exported, checked against eager PyTorch) on the first images it sees
+            self._runner = inference.runner(self.net, self.engine, DEVICE, batches[0][:2])
+        logits = torch.cat([self._runner(b) for b in batches])
+        return (logits / self.temperature if calibrated else logits).softmax(1)
+
+    @property
+    def engine_used(self) -> str:
+        """The engine that runs (and why, when it is not the one asked for); "" before the first prediction."""
+        run = self._runner
+        return f"{run.engine} ({run.note})" if run and run.note else run.engine if run else ""
 
     def classify(self, items: Iterable[tuple[str, Source]], chunk: int = 256
                  ) -> tuple[list[str], list[tuple[str, str]], torch.Tensor]:
         """(names read, (name, reason) skipped, probabilities), a chunk at a time: a big folder never sits in
-        memory as one tensor. What the Predict page and `python -m core predict` both run."""
+        memory as one tensor. Each chunk is decoded by a thread pool (Pillow releases the GIL), so decoding keeps
+        up with the fast engines. What the Predict page and `python -m core predict` both run."""
         names: list[str] = []
         skipped: list[tuple[str, str]] = []
         parts: list[torch.Tensor] = []
-        batch: list[torch.Tensor] = []
-        for name, source in items:
+
+        def read(item: tuple[str, Source]) -> torch.Tensor | str:
             try:
-                batch.append(self.tensor(source))
-                names.append(name)
+                return self.tensor(item[1])
             except (ImageError, OSError) as exc:
-                skipped.append((name, str(exc)))
-            if len(batch) == chunk:
-                parts.append(self.probabilities(batch))
+                return str(exc)
+
+        items = iter(items)
+        with ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="decode") as pool:
+            while block := list(itertools.islice(items, chunk)):
                 batch = []
-        if batch:
-            parts.append(self.probabilities(batch))
+                for (name, _), got in zip(block, pool.map(read, block)):
+                    if isinstance(got, str):
+                        skipped.append((name, got))
+                    else:
+                        batch.append(got)
+                        names.append(name)
+                if batch:
+                    parts.append(self.probabilities(batch))
         return names, skipped, torch.cat(parts) if parts else torch.empty(0, len(self.classes))
 
 
@@ -125,17 +150,23 @@ def temperature_of(run_dir: Path) -> float:
     return calibration_of(run_dir).get("temperature") or 1.0
 
 
-def load_any(path: Path) -> "Predictor | EnsemblePredictor":
+def load_any(path: Path, engine: str | None = None) -> "Predictor | EnsemblePredictor":
     """What `predict` and the Predict page are pointed at: an ensemble folder (ensemble.json), a cross-validation
-    folder (cv.json: its folds averaged) or a run folder. Both kinds answer the same calls."""
+    folder (cv.json: its folds averaged) or a run folder. Both kinds answer the same calls. engine: every
+    model's, in place of what their runs' configs say."""
     from core.evaluate.ensemble import EnsemblePredictor  # ensemble.py builds on Predictor
 
     path = Path(path)
     if (path / "ensemble.json").is_file():
-        return EnsemblePredictor.load(path)
-    if (path / runs.CV_FILE).is_file():
-        return EnsemblePredictor.from_runs([path])
-    return Predictor.load(path)
+        model = EnsemblePredictor.load(path)
+    elif (path / runs.CV_FILE).is_file():
+        model = EnsemblePredictor.from_runs([path])
+    else:
+        model = Predictor.load(path)
+    for member in getattr(model, "members", [model]):
+        member.engine = engine or member.engine
+        inference.resolve(member.engine, DEVICE)
+    return model
 
 
 def top_k(probs: torch.Tensor, classes: Sequence[str], k: int = 3) -> list[list[tuple[str, float]]]:

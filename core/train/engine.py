@@ -7,6 +7,7 @@ Each epoch is seeded from (seed, epoch), so a run resumed from its last checkpoi
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import random
@@ -22,23 +23,24 @@ from safetensors.torch import load_file
 from torch import nn
 from torchvision.transforms import v2
 
-from core.models import backbones
+from core.models import backbones, inference
 from core.evaluate import heldout
-from core.train import features, head_solver
+from core.train import features, head_solver, precision
+from core.train.precision import Precision, layout
 from core.evaluate import metrics
 from core import runs
 from core.models import strategies
 from core.data.augment import eval_transform, train_transform
 from core.train.callbacks import Callback, Callbacks, State, StopTraining
 from core.config import RunConfig, workspace_root
-from core.data.loaders import ImageDataset, make_loader
+from core.data.loaders import DecodingLoader, ImageDataset, make_loader
 from core.train.schedules import make_scheduler
 from core.data.sources import DataError
 from core.data.validation import Dataset, load_dataset
 from core.models.weights import WeightsInfo, resolve
 
 MONITORS = ("val_acc", "val_balanced_acc", "val_macro_f1", "val_loss")
-FEATURE_BATCH = 8  # images per forward while features are computed: a stop waits for one such batch at most
+FEATURE_BATCH = 32  # images per forward while features are computed: a stop waits for one such batch at most
 
 
 class TrainingDiverged(RuntimeError):
@@ -66,6 +68,8 @@ class Step:
     mix: Any = None  # MixUp/CutMix on a batch
     l1: float = 0.0
     clip_grad: float = 0.0
+    precision: Precision = field(default_factory=lambda: Precision("fp32", "cpu"))
+    channels_last: bool = False
 
 
 def solves_head(p: "Prepared") -> bool:
@@ -117,8 +121,9 @@ def train_one_epoch(model: nn.Module, step: Step, loader: Sequence, device: torc
         if step.mix is not None:
             images, targets = step.mix(images, targets)
             hard = targets.argmax(1)
-        logits = model(images)
-        loss = step.criterion(logits, targets)
+        with step.precision.autocast():
+            logits = model(layout(images, step.channels_last))
+            loss = step.criterion(logits, targets)
         if l1_params:
             loss = loss + step.l1 * sum(p.abs().sum() for p in l1_params)
         if not torch.isfinite(loss):
@@ -127,11 +132,21 @@ def train_one_epoch(model: nn.Module, step: Step, loader: Sequence, device: torc
                 "Try a lower learning rate (for example a tenth of the current one)."
             )
         step.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler = step.precision.scaler
+        (scaler.scale(loss) if scaler else loss).backward()
         if step.clip_grad:
+            if scaler:
+                scaler.unscale_(step.optimizer)
             nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], step.clip_grad)
-        step.optimizer.step()
-        if step.scheduler is not None:
+        stepped = True
+        if scaler:
+            scale = scaler.get_scale()
+            scaler.step(step.optimizer)  # skipped when the scaled gradients overflowed; the scale then shrinks
+            scaler.update()
+            stepped = scaler.get_scale() >= scale
+        else:
+            step.optimizer.step()
+        if step.scheduler is not None and stepped:
             step.scheduler.step()
         n = hard.size(0)
         state.batch_loss = loss.item()
@@ -145,8 +160,8 @@ def train_one_epoch(model: nn.Module, step: Step, loader: Sequence, device: torc
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, criterion: nn.Module, loader: Sequence, device: torch.device,
-             num_classes: int) -> dict[str, Any]:
+def evaluate(model: nn.Module, criterion: nn.Module, loader: Sequence, device: torch.device, num_classes: int,
+             step: Step | None = None) -> dict[str, Any]:
     """Mean loss, the confusion matrix (rows = true class) and top-k accuracy for each k < classes."""
     model.eval()
     ks = [k for k in (2, 3, 5) if k < num_classes]
@@ -155,7 +170,8 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: Sequence, device: t
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for images, targets in loader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        logits = model(images)
+        with step.precision.autocast() if step else contextlib.nullcontext():
+            logits = model(layout(images, step.channels_last) if step else images).float()
         total_loss += criterion(logits, targets).item() * targets.size(0)
         seen += targets.size(0)
         cm += metrics.confusion_matrix(logits.argmax(1).cpu(), targets.cpu(), num_classes)
@@ -199,6 +215,8 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
     status, message = "finished", ""
     try:
         use_cached_features(p, cb, stop_event)
+        if p.engine:
+            _record(run_dir, "features", {"engine": p.engine})
         net, loaders = p.net, p.loaders
         num_classes = len(dataset.classes)
         solving = solves_head(p)
@@ -206,8 +224,12 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
         optimizer = _optimizer(config, model, backbone)
         monitor, maximize = _monitor(config, "val" in loaders)
         scheduler, when = make_scheduler(optimizer, config.optim, len(loaders["train"]), maximize)
+        through_backbone = net is model
+        if through_backbone and config.channels_last:
+            model.to(memory_format=torch.channels_last)
         step = Step(_criterion(config, dataset, device), optimizer, scheduler if when == "batch" else None,
-                    _mixer(config, num_classes), config.regularize.l1, config.optim.clip_grad)
+                    _mixer(config, num_classes), config.regularize.l1, config.optim.clip_grad,
+                    precision.resolve(config.precision, device), through_backbone and config.channels_last)
         eval_criterion = nn.CrossEntropyLoss()
         bad_epochs, best_state, start = 0, None, 1
         checkpoint = run_dir / "checkpoint.pt"
@@ -250,7 +272,7 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
             val = None
             if "val" in loaders:
                 state.phase = "val"
-                val = evaluate(net, eval_criterion, loaders["val"], device, num_classes)
+                val = evaluate(net, eval_criterion, loaders["val"], device, num_classes, step)
             row = epoch_row(state.epoch, train, val) | {"lr": lr, "seconds": time.perf_counter() - started}
             if "l2" in train:
                 row["l2"] = train["l2"]
@@ -319,6 +341,7 @@ class Prepared:
     loaders: dict
     device: torch.device
     strategy_note: str = ""  # why the strategy differs from the one asked for, when it does
+    engine: str = ""  # what computed the frozen features, once they are (config.engine resolved)
 
 
 def prepare(config: RunConfig, dataset: Dataset | None, cb: Callback) -> Prepared:
@@ -327,6 +350,7 @@ def prepare(config: RunConfig, dataset: Dataset | None, cb: Callback) -> Prepare
     _seed_everything(config.seed)
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     device = _device(config.device)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input sizes: let cuDNN time its kernels once
     check_config(config)
     if dataset is None:
         dataset = load_dataset(config.data.source, workspace_root(), config.data)
@@ -391,6 +415,10 @@ def check_config(config: RunConfig) -> None:
         raise ValueError(f"strategy must be one of {', '.join(strategies.STRATEGIES)}")
     if config.early_stop.monitor not in MONITORS:
         raise ValueError(f"early_stop.monitor must be one of {', '.join(MONITORS)}")
+    if config.engine not in inference.ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(inference.ENGINES)}")
+    if config.precision not in precision.PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(precision.PRECISIONS)}")
     if config.regularize.class_weighting not in ("none", "loss", "sampler"):
         raise ValueError("class_weighting must be none, loss or sampler")
 
@@ -413,20 +441,21 @@ def _sampler(config: RunConfig, samples, num_classes: int, generator: torch.Gene
 
 def _loaders(config: RunConfig, dataset: Dataset, backbone: backbones.Backbone, device: torch.device) -> dict:
     aug = config.augment
-    pin = device.type == "cuda"
+    pin = device.type == "cuda"  # page-locked batches copy to the GPU asynchronously (non_blocking=True)
+    workers = precision.loader_workers(config.num_workers, device)
     train_samples = dataset.split("train")
     generator = torch.Generator()
     sampler = _sampler(config, train_samples, len(dataset.classes), generator)
     train_ds = ImageDataset(dataset.data_dir, train_samples, train_transform(aug, backbone.mean, backbone.std),
                             aug.resize_side())
-    result = {"train": make_loader(train_ds, config.optim.batch_size, True, config.num_workers, generator, pin,
+    result = {"train": make_loader(train_ds, config.optim.batch_size, True, workers, generator, pin,
                                    sampler)}
     eval_tf = eval_transform(aug, backbone.mean, backbone.std)
     for split in ("val", "test"):
         samples = dataset.split(split)
         if samples:
             result[split] = make_loader(ImageDataset(dataset.data_dir, samples, eval_tf, aug.resize_side()),
-                                        config.optim.batch_size, False, config.num_workers, None, pin)
+                                        config.optim.batch_size, False, workers, None, pin)
     return result
 
 
@@ -442,14 +471,16 @@ def _cached_features(p: Prepared, cb: Callback, stop_event: threading.Event) -> 
         if stop_event.is_set():
             raise StopTraining("stopped on request")
 
-    loader = make_loader(ImageDataset(dataset.data_dir, dataset.samples,
-                                      eval_transform(config.augment, backbone.mean, backbone.std),
-                                      config.augment.resize_side()), FEATURE_BATCH, False, config.num_workers)
-    index, feats, reused = features.cached_features(path, p.model, backbone, loader,
-                                                    [s.path for s in dataset.samples], p.device,
-                                                    None if path.exists() else progress)
-    cb.on_message("Frozen backbone: " + ("cached features (computed by an earlier run)." if reused else
-                                         "features computed once, and cached."))
+    images = ImageDataset(dataset.data_dir, dataset.samples,
+                          eval_transform(config.augment, backbone.mean, backbone.std), config.augment.resize_side())
+    workers = precision.loader_workers(config.num_workers, p.device)
+    loader = (make_loader(images, FEATURE_BATCH, False, workers, pin_memory=p.device.type == "cuda") if workers
+              else DecodingLoader(images, FEATURE_BATCH, torch.get_num_threads()))
+    index, feats, used = features.cached_features(path, p.model, backbone, loader, [s.path for s in dataset.samples],
+                                                  p.device, config.engine, None if path.exists() else progress)
+    p.engine = used or "cached"
+    cb.on_message("Frozen backbone: " + (f"features computed once ({used}), and cached." if used else
+                                         "cached features (computed by an earlier run)."))
     return index, feats
 
 
@@ -512,7 +543,8 @@ def _write_run_header(config: RunConfig, run_dir: Path, p: Prepared, fresh: bool
     provenance = {"weights": p.weights.to_dict(), "dataset": {
         "key": p.dataset.key, "layout": report.layout, "splits": report.splits, "groups": report.groups,
         "folds": report.folds, "labels_version": p.dataset.labels_version, "labels_digest": p.dataset.labels_digest},
-        "device": str(p.device), "torch": torch.__version__}
+        "device": str(p.device), "torch": torch.__version__,
+        "precision": precision.resolve(config.precision, p.device).name}
     if p.strategy_note:
         provenance["strategy"] = p.strategy_note
     if fresh:
@@ -527,6 +559,13 @@ def _write_run_header(config: RunConfig, run_dir: Path, p: Prepared, fresh: bool
         "resize_side": aug.resize_side(), "mean": list(p.backbone.mean), "std": list(p.backbone.std),
         "backbone": p.backbone.name})
     runs.write_status(run_dir, "running")
+
+
+def _record(run_dir: Path, key: str, value: Any) -> None:
+    """Add what was resolved during the run (the engine that computed the features) to config.json's provenance."""
+    written = runs.read_json(run_dir / "config.json")
+    written["provenance"][key] = value
+    runs.write_json(run_dir / "config.json", written)
 
 
 def _device(name: str) -> torch.device:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from core import runs
+from core.models import inference
 from core.models.backbones import Backbone, set_submodule
 from core.config import RunConfig
 from core.data.validation import Dataset
@@ -56,37 +57,41 @@ def cache_key(config: RunConfig, dataset: Dataset, backbone: Backbone, weights: 
 
 
 @torch.no_grad()
-def extract(model: nn.Module, backbone: Backbone, loader: DataLoader, device: torch.device,
-            progress: Progress | None = None) -> torch.Tensor:
-    """The head group's input for every image the loader yields, in order."""
+def extract(model: nn.Module, backbone: Backbone, loader: Iterable, device: torch.device, engine: str = "auto",
+            progress: Progress | None = None) -> tuple[torch.Tensor, str]:
+    """(the head group's input for every image the loader yields, in order; the engine that computed them and,
+    when it is not the one asked for, why). The engine is built and checked on the first batch."""
     (prefix,) = backbone.groups[-1][1]
     head = head_module(model, backbone)
     set_submodule(model, prefix, nn.Identity())
     try:
         model.eval()
-        out = []
+        out, run = [], None
         for i, (images, _) in enumerate(loader, 1):
-            out.append(model(images.to(device)).float().cpu())
+            run = run or inference.runner(model, engine, device, images[:2], len(loader.dataset))
+            out.append(run(images))
             if progress:
                 progress(i, len(loader))
-        return torch.cat(out)
+        return torch.cat(out), (f"{run.engine} ({run.note})" if run and run.note else run.engine if run else "")
     finally:
         set_submodule(model, prefix, head)
 
 
-def cached_features(path: Path, model: nn.Module, backbone: Backbone, loader: DataLoader, paths: list[str],
-                    device: torch.device, progress: Progress | None = None) -> tuple[dict[str, int], torch.Tensor, bool]:
-    """(path -> row, features, reused): read from `path` when it covers every sample, else compute and write."""
+def cached_features(path: Path, model: nn.Module, backbone: Backbone, loader: Iterable, paths: list[str],
+                    device: torch.device, engine: str = "auto", progress: Progress | None = None
+                    ) -> tuple[dict[str, int], torch.Tensor, str | None]:
+    """(path -> row, features, the engine that computed them): read from `path` when it covers every sample
+    (engine None), else computed and written."""
     if path.exists():
         blob = torch.load(path, weights_only=True)
         index = {p: i for i, p in enumerate(blob["paths"])}
         if all(p in index for p in paths):
-            return index, blob["features"], True
-    features = extract(model, backbone, loader, device, progress)
+            return index, blob["features"], None
+    features, used = extract(model, backbone, loader, device, engine, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     with runs.replace_atomically(path) as tmp:
         torch.save({"paths": paths, "features": features}, tmp)
-    return {p: i for i, p in enumerate(paths)}, features, False
+    return {p: i for i, p in enumerate(paths)}, features, used
 
 
 def feature_loader(index: dict[str, int], features: torch.Tensor, samples, batch_size: int, train: bool,
