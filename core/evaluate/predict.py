@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from core.evaluate.ensemble import EnsemblePredictor
 
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where Predict runs the network
+DEVICE = torch.device("cpu")  # Predict runs in the server's process, beside the exports and Grad-CAM
 CALIBRATION = "calibration.json"  # the run's fitted temperature and where it was fitted (heldout.py writes it)
 
 

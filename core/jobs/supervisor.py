@@ -109,6 +109,7 @@ class Supervisor(threading.Thread):
             status = "failed"
             error = (f"The training process ended unexpectedly (exit code {code}); its log is worker.log in the job "
                      "folder. It can be resumed from its last finished epoch.")
-        job.end(status, error)
+        # The run folder first: whoever sees the job ended finds its folder saying so too.
         if job.kind == "train" and (job.dir / "config.json").is_file():
             write_status(job.dir, status, error or "Stopped before training began.", best_epoch=job.best_epoch)
+        job.end(status, error)
