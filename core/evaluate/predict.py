@@ -104,8 +104,7 @@ class Predictor:
     @property
     def engine_used(self) -> str:
         """The engine that runs (and why, when it is not the one asked for); "" before the first prediction."""
-        run = self._runner
-        return f"{run.engine} ({run.note})" if run and run.note else run.engine if run else ""
+        return str(self._runner or "")
 
     def classify(self, items: Iterable[tuple[str, Source]], chunk: int = 256
                  ) -> tuple[list[str], list[tuple[str, str]], torch.Tensor]:

@@ -37,6 +37,9 @@ class Runner:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward(images)
 
+    def __str__(self) -> str:
+        return f"{self.engine} ({self.note})" if self.note else self.engine
+
 
 def resolve(name: str, device: torch.device, work: float = math.inf) -> str:
     """The engine "auto" means here: onnxruntime on a CPU when it is installed, channels_last otherwise; eager for

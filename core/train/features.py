@@ -72,7 +72,7 @@ def extract(model: nn.Module, backbone: Backbone, loader: Iterable, device: torc
             out.append(run(images))
             if progress:
                 progress(i, len(loader))
-        return torch.cat(out), (f"{run.engine} ({run.note})" if run and run.note else run.engine if run else "")
+        return torch.cat(out), str(run or "")
     finally:
         set_submodule(model, prefix, head)
 
