@@ -109,7 +109,8 @@ doubtful = int(table["uncertain"].sum())
 if doubtful:
     st.warning(f"{doubtful} of {len(names)} predictions are uncertain (below {threshold:.0%}): have a person check "
                "them; sort the table by 'uncertain'.")
-st.caption("Probabilities are calibrated: the run's temperature, fitted on its validation images, is applied.")
+st.caption("Probabilities are calibrated: the model's temperature, fitted on its held-out images (1 when they showed "
+           "it already calibrated), is applied.")
 st.dataframe(table, hide_index=True, width="stretch", key="predict-table",
              column_config={"confidence": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
                             "uncertain": st.column_config.CheckboxColumn()})

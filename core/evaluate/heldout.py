@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from core.evaluate import calibration, metrics, temperature
+from core.evaluate.predict import CALIBRATION
 from core import runs
 from core.data.validation import Dataset
 
@@ -46,7 +47,7 @@ def write(run_dir: Path, dataset: Dataset, probs: dict[str, torch.Tensor]) -> di
     results: dict[str, Any] = {"data_dir": str(dataset.data_dir), "classes": dataset.classes}
     labels = {split: torch.tensor([s.label for s in dataset.split(split)], dtype=torch.long) for split in probs}
     fitted_on = "val" if "val" in probs and len(labels["val"]) else None
-    t = temperature.fit(temperature.logits_of(probs["val"]), labels["val"]) if fitted_on else 1.0
+    t = write_calibration(run_dir, probs.get("val"), labels.get("val"), fitted_on)
     rows = []
     for split, p in probs.items():
         calibrated = temperature.scale(p, t)
@@ -60,13 +61,23 @@ def write(run_dir: Path, dataset: Dataset, probs: dict[str, torch.Tensor]) -> di
     reported = "test" if "test" in probs else fitted_on
     results["calibration"] = {"temperature": t, "fitted_on": fitted_on, "reported_on": reported,
                               "optimistic": reported is not None and reported == fitted_on}
-    below = (temperature.uncertain_below(temperature.scale(probs["val"], t), labels["val"]) if fitted_on else None)
-    runs.write_json(run_dir / "calibration.json", {
-        "temperature": t, "fitted_on": fitted_on, "images": len(labels["val"]) if fitted_on else 0,
-        "uncertain_below": below})
     runs.rewrite_jsonl(run_dir / "predictions.jsonl", rows)
     runs.write_json(run_dir / "results.json", results)
     return results
+
+
+def write_calibration(out_dir: Path, probs: torch.Tensor | None, labels: torch.Tensor | None,
+                      fitted_on: str | None) -> float:
+    """Fits the temperature on held-out predictions (fitted_on None: there are none, T = 1) and writes it to
+    calibration.json with the confidence below which Predict calls a prediction uncertain, from the same
+    predictions once calibrated. Returns the temperature."""
+    t, below = 1.0, None
+    if fitted_on:
+        t = temperature.fit(temperature.logits_of(probs), labels)
+        below = temperature.uncertain_below(temperature.scale(probs, t), labels)
+    runs.write_json(out_dir / CALIBRATION, {"temperature": t, "fitted_on": fitted_on,
+                                            "images": len(labels) if fitted_on else 0, "uncertain_below": below})
+    return t
 
 
 def after_fit(run_dir: Path, net: nn.Module, loaders: dict, dataset: Dataset, device: torch.device) -> None:

@@ -27,8 +27,7 @@ from core.runs import CV_FILE, OOF_FILE
 from core.config import RunConfig, workspace_root
 from core.data.sources import DataError
 from core.data.validation import Dataset, load_dataset
-from core.evaluate import calibration, metrics, temperature
-from core.evaluate.predict import CALIBRATION
+from core.evaluate import calibration, heldout, metrics, temperature
 from core.train.callbacks import Callback, Callbacks
 from core.train.engine import fit
 
@@ -137,10 +136,7 @@ def oof_calibration(out_dir: Path, probs: torch.Tensor, labels: torch.Tensor, fo
     """Fits the temperature on all out-of-fold predictions (calibration.json) and scores them before and after it.
     The "after" figures scale each fold by the temperature the other folds give, so no image calibrates itself:
     they are honest where the validation split's are optimistic."""
-    t = temperature.fit(temperature.logits_of(probs), labels)
-    runs.write_json(out_dir / CALIBRATION, {
-        "temperature": t, "fitted_on": "out-of-fold", "images": len(labels),
-        "uncertain_below": temperature.uncertain_below(temperature.scale(probs, t), labels)})
+    t = heldout.write_calibration(out_dir, probs, labels, "out-of-fold")
     honest = temperature.cross_fitted(probs, labels, folds)
     return {"ece": calibration.expected_calibration_error(probs, labels),
             "reliability": calibration.reliability(probs, labels), "temperature": t,

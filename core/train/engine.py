@@ -229,7 +229,7 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
             model.to(memory_format=torch.channels_last)
         step = Step(_criterion(config, dataset, device), optimizer, scheduler if when == "batch" else None,
                     _mixer(config, num_classes), config.regularize.l1, config.optim.clip_grad,
-                    precision.resolve(config.precision, device), through_backbone and config.channels_last)
+                    p.precision, through_backbone and config.channels_last)
         eval_criterion = nn.CrossEntropyLoss()
         bad_epochs, best_state, start = 0, None, 1
         checkpoint = run_dir / "checkpoint.pt"
@@ -340,6 +340,7 @@ class Prepared:
     net: nn.Module  # what the loop runs: the whole model, or only its head on cached features
     loaders: dict
     device: torch.device
+    precision: Precision  # config.precision resolved for the device
     strategy_note: str = ""  # why the strategy differs from the one asked for, when it does
     engine: str = ""  # what computed the frozen features, once they are (config.engine resolved)
 
@@ -365,7 +366,8 @@ def prepare(config: RunConfig, dataset: Dataset | None, cb: Callback) -> Prepare
         cb.on_message(note, "info" if weights.pretrained else "warning")
     model = backbones.build_model(backbone, len(dataset.classes), config.model.dropout, state_dict).to(device)
     loaders = _loaders(config, dataset, backbone, device)
-    return Prepared(config, dataset, backbone, weights, model, model, loaders, device, note)
+    return Prepared(config, dataset, backbone, weights, model, model, loaders, device,
+                    precision.resolve(config.precision, device), note)
 
 
 def use_cached_features(p: Prepared, cb: Callback, stop_event: threading.Event) -> None:
@@ -544,7 +546,7 @@ def _write_run_header(config: RunConfig, run_dir: Path, p: Prepared, fresh: bool
         "key": p.dataset.key, "layout": report.layout, "splits": report.splits, "groups": report.groups,
         "folds": report.folds, "labels_version": p.dataset.labels_version, "labels_digest": p.dataset.labels_digest},
         "device": str(p.device), "torch": torch.__version__,
-        "precision": precision.resolve(config.precision, p.device).name}
+        "precision": p.precision.name}
     if p.strategy_note:
         provenance["strategy"] = p.strategy_note
     if fresh:
