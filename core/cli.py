@@ -2,6 +2,8 @@
 
     python -m core inspect DATA [--json]
     python -m core train DATA --out RUN_DIR [--config run.json] [--backbone NAME] [--epochs N] ...
+    python -m core train DATA --out RUN_DIR --nproc N [--nnodes M --node-rank R --master HOST:PORT] [--max-restarts K]
+    python -m core train DATA --out RUN_DIR --nnodes M --print commands|sbatch|kubernetes
     python -m core predict RUN_DIR IMAGES... [--csv out.csv] [--top-k 3]
     python -m core export RUN_DIR --format safetensors|package|torchscript|onnx|card [--out FILE]
     python -m core evaluate RUN_DIR
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.train.callbacks import Callback, State
-from core.config import ConfigError, RunConfig, set_setting, settings, workspace_root
+from core.config import ConfigError, DistributedConfig, RunConfig, set_setting, settings, workspace_root
 from core.data.images import ImageError
 from core.data.sources import DataError
 from core.data.validation import load_dataset
@@ -67,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, help="run folder to write")
     t.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a killed or stopped run")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--node-rank", type=int, default=0, help="this machine's number, 0..nnodes-1; machine 0 hosts the "
+                   "rendezvous at --master")
+    t.add_argument("--master", default="", metavar="HOST:PORT", help="where the machines of a --nnodes run meet")
+    t.add_argument("--print", choices=("commands", "sbatch", "kubernetes"), dest="print_launch",
+                   help="print how to run this on a cluster (one command per machine, a Slurm script, a Kubeflow "
+                        "PyTorchJob) instead of training")
     _config_flags(t)
     t.set_defaults(run=cmd_train)
 
@@ -174,6 +182,11 @@ def _config(args: argparse.Namespace) -> RunConfig:
         value = getattr(args, path[-1], None)
         if value is not None and path != ("data", "source"):
             set_setting(config, path, value)
+    if args.run is not cmd_train:  # only a training run spreads over processes (a search has --workers)
+        if (getattr(args, "nproc", None) or 1) > 1 or (getattr(args, "nnodes", None) or 1) > 1:
+            raise ConfigError("--nproc and --nnodes apply to train only: a search runs its trials with --workers, "
+                              "a cross-validation its folds one after another.")
+        config.distributed = DistributedConfig()  # a distributed run's config.json given as --config
     return config
 
 
@@ -214,7 +227,9 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from core.jobs import launch
     from core.jobs.worker import stop_on_signals
+    from core.train import distributed
     from core.train.engine import fit  # torch and the models load only when training
 
     if args.resume:
@@ -227,16 +242,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _config(args)
     if not config.data.source:
         raise DataError("train needs DATA: a folder or zip of images")
-    dataset = load_dataset(config.data.source, workspace_root(), config.data, progress=_Bar("checking").update)
+    if args.print_launch:
+        print(_launch_text(args.print_launch, config, args.out, args.master))
+        return 0
+    inside = distributed.launched()  # one of torchrun's processes: rank 0 alone prints
+    quiet = args.quiet or (inside and int(os.environ.get("RANK", "0")) > 0)
+    dataset = load_dataset(config.data.source, workspace_root(), config.data,
+                           progress=None if quiet else _Bar("checking").update)
     if not dataset.report.trainable:
         print(f"error: {dataset.report.errors[0]}", file=sys.stderr)
         return 2
-    for warning in dataset.report.warnings:
+    for warning in dataset.report.warnings if not quiet else ():
         print(f"warning: {warning}", file=sys.stderr)
+    if launch.needs_torchrun(config.distributed) and not inside:
+        d = config.distributed
+        args.out.mkdir(parents=True, exist_ok=True)
+        resolved = args.out / launch.CONFIG_FILE  # the whole config, so no flag of ours meets torchrun's parser
+        resolved.write_text(config.to_json())
+        command = launch.torchrun(d, args.out.name, args.node_rank, args.master) + [
+            "-m", "core", "train", "--out", str(args.out), "--config", str(resolved),
+            *(["--resume", str(args.resume)] if args.resume else []), *(["--quiet"] if args.quiet else [])]
+        threads = max(1, (config.threads or os.cpu_count() or 1) // d.nproc)
+        os.execve(sys.executable, command, launch.environment(threads))  # torchrun starts this command N times
     stop = threading.Event()
     stop_on_signals(stop)  # Ctrl-C stops within one batch and the run stays resumable; a second one at once
-    result = fit(config, args.out, [] if args.quiet else [TerminalProgress()], stop, dataset=dataset,
-                 resume=bool(args.resume))
+    resume = bool(args.resume) or (distributed.restarted() and (args.out / "checkpoint.pt").is_file())
+    result = fit(config, args.out, [] if quiet else [TerminalProgress()], stop, dataset=dataset, resume=resume)
+    if quiet and inside:
+        return 0
     best = result.best
     if result.message:
         print(result.message)
@@ -250,8 +283,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"  run folder        {result.run_dir}")
     if result.status == "stopped":
         print(f"resume with: python -m core train --resume {result.run_dir}", file=sys.stderr)
-        return 130
+        return 0 if inside else 130  # torchrun would take a non-zero exit for a failure, and restart the group
     return 0
+
+
+def _launch_text(kind: str, config: RunConfig, out: Path, master: str) -> str:
+    from core.jobs import launch
+
+    if kind == "sbatch":
+        return launch.sbatch(config, str(out))
+    if kind == "kubernetes":
+        return launch.kubernetes(config, str(out))
+    config_file = f"{out}.config.json"
+    return "\n".join([f"# Save the run's config as {config_file} (on a filesystem every machine shares), then run",
+                      "# on each machine its line; machine 0 must be reachable at --master.", "",
+                      *launch.commands(config, str(out), master or f"HOST0:{launch.PORT}", config_file),
+                      "", f"# {config_file}:", config.to_json()])
 
 
 def cmd_search(args: argparse.Namespace) -> int:

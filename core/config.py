@@ -115,6 +115,20 @@ class EarlyStopConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """How many processes train one run (torchrun). The batch size stays the global one: each of the N processes
+    takes batch_size / N images per step, so a run means the same on one process or several."""
+    nproc: int = 1  # processes on each machine (one per GPU, or a share of the CPU cores each)
+    nnodes: int = 1  # machines
+    max_restarts: int = 0  # torchrun restarts the whole group this often after a failure, resuming from the checkpoint
+    sync_bn: bool = False  # batch norm statistics over the global batch (SyncBatchNorm; GPUs only)
+
+    @property
+    def processes(self) -> int:
+        return self.nproc * self.nnodes
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -124,12 +138,13 @@ class RunConfig:
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # torch CPU threads; 0 = all cores
+    threads: int = 0  # torch CPU threads on each machine, shared by the run's processes there; 0 = all cores
     num_workers: int = -1  # DataLoader worker processes; -1: sized to the cores on a GPU, none on a CPU
     engine: str = "auto"  # what runs a frozen network (features, Predict): auto | onnxruntime | channels_last | eager
     precision: str = "auto"  # autocast in loops through the backbone: auto | fp32 | bf16 | fp16 (train/precision.py)
     channels_last: bool = True  # memory layout in loops through the backbone: faster convolutions, same arithmetic
     feature_cache: bool = True  # linear probe without random augmentation trains the head on cached features
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,7 +1,13 @@
-"""Telling a live process from a dead one whose pid was reused: the kernel's start time (Linux /proc)."""
+"""Processes on Linux (/proc): a live one told from a dead one whose pid was reused (the kernel's start time), a
+process's descendants (torchrun's workers run in sessions of their own), and dying with one's parent."""
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
 from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
 
 
 def process_start_time(pid: int) -> str | None:
@@ -12,3 +18,42 @@ def process_start_time(pid: int) -> str | None:
         return None
     fields = stat[stat.rindex(")") + 2:].split()
     return None if fields[0] == "Z" else fields[19]
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
+def descendants(pid: int) -> list[int]:
+    """Children, their children and so on, as they are now."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (ppid := parent_of(int(entry.name))) is not None:
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
+    """A process and all its descendants (found first: once the parent dies they are re-parented)."""
+    for p in [pid, *descendants(pid)]:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send `sig` to this process when its parent dies (Linux prctl)."""
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request was made
+        os.kill(os.getpid(), sig)

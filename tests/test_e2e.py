@@ -143,3 +143,47 @@ def app_predictions(run_dir: Path, images: list[Path]) -> torch.Tensor:
 
     predictor = Predictor.load(run_dir)
     return predictor.probabilities([predictor.tensor(p) for p in images])
+
+
+def test_a_run_on_two_processes_is_followed_and_stopped_in_the_browser(server, page, tmp_path):
+    """Processes on this machine from the Train page: the job runs under torchrun, the page follows it like any
+    other, and Stop ends torchrun and both of its workers."""
+    from core.processes import descendants, process_start_time
+
+    url, home = server
+    data = make_dataset(tmp_path / "upload" / "leaves", {"oak": 8, "ash": 8}, size=(64, 48))
+    page.goto(url)
+    nav(page, "Data")
+    page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files(str(data))
+    page.get_by_role("button", name="Use this folder").click()
+    page.get_by_text("Thumbnails").wait_for(timeout=60_000)
+    nav(page, "Model")
+    page.get_by_text("Full fine-tuning (every layer trains)").click()
+    settle(page)
+    nav(page, "Train")
+    epochs = page.get_by_role("spinbutton", name="Epochs")
+    epochs.fill("40")
+    epochs.press("Enter")
+    settle(page)
+    page.get_by_text("Several processes and machines").click()
+    processes = page.get_by_role("spinbutton", name="Processes on this machine")
+    processes.fill("2")
+    processes.press("Enter")
+    settle(page)
+    expect(page.locator('[data-testid="stCode"]').first).to_contain_text("--nproc 2")
+    page.get_by_role("button", name="Start training").click()
+    page.wait_for_url(re.compile(r"run="), timeout=30_000)
+    run_id = re.search(r"run=([\w-]+)", page.url).group(1)
+    page.get_by_text(re.compile(r"Validation confusion matrix, epoch \d+")).wait_for(timeout=180_000)
+    expect(page.locator('[data-testid="stProgress"]').last).to_contain_text("2 processes")
+    shot(page, "9-train-two-processes")
+    run_dir = home / "workspace" / "runs" / run_id
+    torchrun = json.loads((run_dir / "worker.json").read_text())["pid"]
+    tree = [torchrun, *descendants(torchrun)]
+    assert len(tree) >= 3  # torchrun and its two workers
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator('[data-testid="stProgress"]').last).to_contain_text("stopped", timeout=30_000)
+    page.wait_for_timeout(1000)
+    assert [p for p in tree if process_start_time(p) is not None] == []
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "stopped"
+    assert json.loads((run_dir / "config.json").read_text())["provenance"]["processes"] == 2

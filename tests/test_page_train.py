@@ -149,3 +149,28 @@ def test_the_speed_settings_reach_the_run(app, workspace):
     written = json.loads((max((workspace / "runs").iterdir()) / "config.json").read_text())
     assert (written["engine"], written["channels_last"], written["precision"]) == ("channels_last", False, "bf16")
     assert written["provenance"]["features"] == {"engine": "channels_last"}
+
+
+def test_processes_on_this_machine_train_one_run_and_the_cluster_commands_follow_the_settings(app, workspace):
+    at = app("views/train.py")
+    at.number_input(key="train-epochs").set_value(1)
+    at.number_input(key="train-batch-size").set_value(7)
+    at.number_input(key="train-nproc").set_value(2).run()
+    assert any("split evenly over 2 processes" in e.value for e in at.error)
+    assert "Start training" not in [b.label for b in at.button]
+    at.number_input(key="train-batch-size").set_value(8)
+    at.number_input(key="train-nnodes").set_value(3)
+    at.text_input(key="train-master").set_value("gpu-a:29500")
+    at.text_input(key="train-cluster-data").set_value("/lab/scans").run()
+    commands = at.code[0].value.splitlines()
+    assert len(commands) == 3 and all("--nproc 2 --nnodes 3" in c and "--master gpu-a:29500" in c for c in commands)
+    assert all(c.startswith("python -m core train /lab/scans --out") for c in commands)
+    assert "#SBATCH --nodes=3" in at.code[1].value and "kind: PyTorchJob" in at.code[2].value
+    at.button[[b.label for b in at.button].index("Start training")].click().run()
+    run = at.query_params["run"]
+    done = poll(at, lambda a: not registry(a).snapshot(run).active, timeout=180)
+    snap = registry(done).snapshot(run)
+    assert snap.status == "finished", snap.error
+    written = json.loads((workspace / "runs" / run / "config.json").read_text())
+    assert written["distributed"]["nproc"] == 2 and written["distributed"]["nnodes"] == 1
+    assert written["provenance"]["processes"] == 2

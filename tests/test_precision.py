@@ -10,7 +10,7 @@ from conftest import make_dataset
 from core.runs import read_jsonl
 from core.train import precision
 from core.train.engine import Step, fit, train_one_epoch
-from core.train.callbacks import Callbacks, State
+from core.train.callbacks import Callback, Callbacks, State
 from test_engine import small_config
 
 CPU = torch.device("cpu")
@@ -51,15 +51,26 @@ def test_the_float16_scaler_steps_the_optimizer_with_unscaled_gradients():
     assert max(moved) > 0 and max(moved) <= 3 * 0.1 * 1.0 + 1e-6  # clipped to norm 1 after unscaling: lr * 1 a step
 
 
+class BatchLosses(Callback):
+    def __init__(self):
+        self.losses: list[float] = []
+
+    def on_batch_end(self, state: State) -> None:
+        self.losses.append(state.batch_loss)
+
+
 def test_channels_last_changes_the_speed_not_the_arithmetic(data, tmp_path, workspace):
-    config = small_config(data, epochs=2)
+    """The first batch, before any step, is the same arithmetic in either layout. Later losses are not compared
+    tightly: the layouts round differently, and batch norm over 8 images of a random network amplifies that after
+    one step (measured: 1e-2 on the second batch for some seeds, 3e-5 for others)."""
+    config = small_config(data, epochs=3)
     runs = {}
     for layout in (True, False):
         config.channels_last = layout
-        fit(config, tmp_path / str(layout))
-        runs[layout] = losses(tmp_path / str(layout))
-    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)  # float rounding, which compounds over steps
-    assert runs[True] == pytest.approx(runs[False], abs=2e-3)
+        runs[layout] = BatchLosses()
+        fit(config, tmp_path / str(layout), [runs[layout]])
+    assert runs[True].losses[0] == pytest.approx(runs[False].losses[0], rel=1e-5)
+    assert all(losses(tmp_path / str(layout))[-1] < losses(tmp_path / str(layout))[0] for layout in runs)
 
 
 def test_auto_settings_follow_the_device():

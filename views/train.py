@@ -1,7 +1,10 @@
-"""Train: augmentation with a live preview, hyperparameters, the LR finder, and the live training view."""
+"""Train: augmentation with a live preview, hyperparameters, processes and clusters, the LR finder, and the live
+training view."""
 import copy
+import os
 
 import streamlit as st
+import torch
 
 from core.models import backbones
 from ui import charts
@@ -14,6 +17,7 @@ from core.data.images import decode_image, to_pil
 from core.train.schedules import SCHEDULES
 from core.data.sources import DataError
 from core.data.validation import open_dataset
+from core.jobs import launch
 from ui.widgets import confusion_view, downloads, set_url
 
 st.title("Train")
@@ -36,8 +40,10 @@ def live() -> None:
     left = f", about {snap.eta:.0f} s left" if snap.eta is not None else ""
     phase = {"features": "computing features", "train": "training", "val": "validating",
              "solve": "solving the head, choosing its L2 strength: fit"}.get(snap.phase, snap.status)
+    nproc = snap.config.get("distributed", {}).get("nproc", 1)
     st.progress(snap.progress, text=f"{snap.status} · epoch {snap.epoch}/{snap.epochs} · {phase} "
-                                    f"batch {snap.batch}/{snap.batches}{left}")
+                                    f"batch {snap.batch}/{snap.batches}{left}"
+                                    + (f" · {nproc} processes" if nproc > 1 else ""))
     if snap.active and st.button("Stop", type="secondary", key="stop"):
         registry.stop(snap.id)
     if snap.error:
@@ -144,6 +150,39 @@ with st.expander("Speed"):
                                             "CPU), the same arithmetic.")
 
 
+d = config.distributed
+with st.expander("Several processes and machines"):
+    gpus = torch.cuda.device_count()
+    c1, c2, c3 = st.columns(3)
+    d.nproc = c1.number_input("Processes on this machine", 1, max(gpus, os.cpu_count() or 1, 1), d.nproc,
+                              key="train-nproc", help="One run on several processes (torchrun, DistributedDataParallel): "
+                              "one per GPU, or a share of the CPU cores each. The batch size stays the global one.")
+    d.max_restarts = c2.number_input("Restarts after a failure", 0, 10, d.max_restarts, key="train-max-restarts",
+                                     help="torchrun restarts every process after one fails, resuming from the last "
+                                          "finished epoch.")
+    d.sync_bn = c3.checkbox("Synchronise batch norm", d.sync_bn and bool(gpus), disabled=not gpus,
+                            key="train-sync-bn", help="Batch statistics over the global batch (SyncBatchNorm). "
+                            "GPUs only: PyTorch does not synchronise batch norm on CPUs.")
+    if o.batch_size % d.nproc:
+        st.warning(f"The batch size ({o.batch_size}) must split evenly over {d.nproc} processes: use a multiple of "
+                   f"{d.nproc}.")
+    st.markdown("**On a cluster**: the same run on several machines, each with the processes above. Run folder and "
+                "data must be on a filesystem every machine shares.")
+    c1, c2, c3, c4 = st.columns(4)
+    machines = c1.number_input("Machines", 1, 256, 2, key="train-nnodes")
+    master = c2.text_input("Machine 0 (HOST:PORT)", f"node0:{launch.PORT}", key="train-master")
+    data_there = c3.text_input("Data on the cluster", config.data.source, key="train-cluster-data")
+    out = c4.text_input("Run folder on the cluster", f"runs/{backbone.name}-run", key="train-cluster-out")
+    cluster = copy.deepcopy(config)
+    cluster.distributed.nnodes, cluster.data.source = machines, data_there
+    commands, slurm, kube = st.tabs(["Commands", "Slurm (sbatch)", "Kubernetes (PyTorchJob)"])
+    commands.caption(f"Save the config below as {out}.config.json, then run each line on its machine.")
+    commands.code("\n".join(launch.commands(cluster, out, master, f"{out}.config.json")), language="bash")
+    commands.download_button("Download the config (JSON)", cluster.to_json(), file_name="config.json",
+                             mime="application/json", on_click="ignore", key="train-cluster-config")
+    slurm.code(launch.sbatch(cluster, out, gpus_per_node=gpus), language="bash")
+    kube.code(launch.kubernetes(cluster, out, gpus_per_node=gpus), language="yaml")
+
 
 @st.fragment(run_every=1.0 if (s := registry.snapshot(st.session_state.get("lr-job", ""))) and s.active else None)
 def lr_sweep() -> None:
@@ -179,6 +218,8 @@ lr_sweep()
 
 if not dataset.report.trainable:
     st.error(dataset.report.errors[0])
+elif o.batch_size % d.nproc:
+    st.error(f"The batch size ({o.batch_size}) does not split evenly over {d.nproc} processes: change either.")
 elif st.button("Start training", type="primary"):
     set_url("run", registry.submit(copy.deepcopy(config)))
     st.rerun()  # from the top: the live view polls, the sidebar shows the job (a queued one says so there)

@@ -36,7 +36,8 @@ def make_loader(dataset: ImageDataset, batch_size: int, train: bool, num_workers
         batch_size=batch_size,
         shuffle=train and sampler is None,
         sampler=sampler,
-        drop_last=train and len(dataset) > batch_size,  # a 1-image last batch breaks BatchNorm
+        # a 1-image last batch breaks BatchNorm; counted in this process's share (the sampler's) under torchrun
+        drop_last=train and len(sampler if sampler is not None else dataset) > batch_size,
         num_workers=num_workers,
         # Fresh workers each epoch take their seeds from the generator that fit() reseeds per epoch, so an
         # epoch after a resume shuffles and augments exactly as in an uninterrupted run.

@@ -9,6 +9,7 @@ result).
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ STATE_EVERY_S = 0.2  # batch progress is written at most this often; every loss 
 class EventWriter(Callback):
     """Turns the engine's callbacks into lines of events.jsonl, flushed as they happen."""
 
-    def __init__(self, job_dir: Path):
-        self._file = open(Path(job_dir) / EVENTS, "a", encoding="utf-8")
+    def __init__(self, job_dir: Path | None):
+        """job_dir None: events go nowhere (torchrun's processes other than rank 0)."""
+        self._file = open(Path(job_dir) / EVENTS if job_dir else os.devnull, "a", encoding="utf-8")
         self._points: list[tuple[float, float]] = []
         self._last = 0.0
 

@@ -7,13 +7,14 @@ that are still running.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import threading
 import time
 from pathlib import Path
 
-from core.config import RunConfig
+from core.config import DistributedConfig, RunConfig
 from core.evaluate import ensemble
 from core.experiments import search
 from core.experiments.search import SearchConfig
@@ -51,7 +52,11 @@ class JobRegistry:
         self._reattach()
 
     def submit(self, config: RunConfig, resume_dir: Path | None = None) -> str:
-        """Queue a run (or the resumption of one); returns its id, which is also its run folder's name."""
+        """Queue a run (or the resumption of one); returns its id, which is also its run folder's name. A run on
+        several processes (config.distributed.nproc) runs under torchrun on this machine."""
+        if config.distributed.nnodes > 1:
+            raise JobError("A run on several machines starts on each of them (Train page > Several machines has the "
+                           "commands); from here it can use several processes of this machine.")
         if not config.threads:
             config.threads = self.threads
         if resume_dir is not None:
@@ -68,6 +73,7 @@ class JobRegistry:
 
     def lr_find(self, config: RunConfig, steps: int = 100) -> str:
         """Queue a learning-rate sweep on exactly what `submit(config)` would train."""
+        config = _one_process(config)
         if not config.threads:
             config.threads = self.threads
         job_id = _new_id()
@@ -76,6 +82,7 @@ class JobRegistry:
     def search(self, config: RunConfig, options: SearchConfig) -> str:
         """Queue a hyperparameter search around `config`; its folder (search.json) is written now, so a bad space
         is refused here, in the page, and never reaches a worker."""
+        config = _one_process(config)
         if not config.threads:
             config.threads = max(1, self.threads // options.workers)
         job_id = _new_id()
@@ -86,6 +93,7 @@ class JobRegistry:
         """Queue a k-fold cross-validation (config.data.folds folds) of `config`."""
         if config.data.folds < 2:
             raise JobError("Cross-validation needs at least 2 folds.")
+        config = _one_process(config)
         if not config.threads:
             config.threads = self.threads
         job_id = _new_id()
@@ -93,6 +101,7 @@ class JobRegistry:
 
     def near_duplicates(self, config: RunConfig) -> str:
         """Queue the near-duplicate check of config's dataset and split (backbone features, cached)."""
+        config = _one_process(config)
         if not config.threads:
             config.threads = self.threads
         job_id = _new_id()
@@ -194,6 +203,11 @@ class JobRegistry:
                     self._jobs[job.id] = job
                     self._running.add(job.id)
                 Supervisor(job, self._finished, pid=pid).start()
+
+
+def _one_process(config: RunConfig) -> RunConfig:
+    """Searches, cross-validations and sweeps run their fits in one process each (a search has its own workers)."""
+    return dataclasses.replace(config, distributed=DistributedConfig())
 
 
 def _new_id() -> str:

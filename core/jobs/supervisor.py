@@ -4,6 +4,8 @@ and turns how the process ended into the job's status.
 Workers run in their own session (process group), so they outlive the server: a Ctrl-C on `make run` or a
 crash of the server leaves training running, and the next server re-attaches from the job folder
 (JOB_DIR/worker.json holds the pid and the process's start time, so a reused pid is never mistaken for it).
+A training job on several processes is torchrun (launch.py) starting the same worker entry N times: its pid is
+torchrun's, which passes a stop on to its workers; a kill after the grace period takes the whole process tree.
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ from typing import Callable
 
 from core.config import ROOT
 from core.jobs.events import EVENTS, read_events
+from core.jobs import launch
 from core.jobs.job import JOB_FILE, STOP_FILE, Job
-from core.processes import process_start_time
+from core.processes import kill_tree, process_start_time
 from core.runs import read_json, write_json, write_status
 
 WORKER_FILE = "worker.json"
@@ -45,9 +48,14 @@ def start_worker(job: Job) -> subprocess.Popen:
                                     "steps": job.steps})
     for stale in (EVENTS, STOP_FILE):
         (job.dir / stale).unlink(missing_ok=True)
+    command, env = [sys.executable, "-m", "core", "worker", str(job.dir)], None
+    d = job.config.distributed
+    if job.kind == "train" and launch.needs_torchrun(d):
+        command = launch.torchrun(d, job.id) + command[1:]
+        env = launch.environment(max(1, (job.config.threads or os.cpu_count() or 1) // d.nproc))
     with open(job.dir / "worker.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "core", "worker", str(job.dir)], cwd=ROOT,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     write_json(job.dir / WORKER_FILE, {"pid": proc.pid, "started": process_start_time(proc.pid), "kind": job.kind})
     return proc
 
@@ -77,7 +85,7 @@ class Supervisor(threading.Thread):
                     break
                 asked = job.stop_requested_at
                 if asked and not killed and time.time() - asked > grace_seconds():
-                    os.killpg(self.pid, signal.SIGKILL)
+                    kill_tree(self.pid)  # torchrun's workers live in sessions of their own
                     killed = True
                 time.sleep(POLL_S)
             self._ended(code, killed)

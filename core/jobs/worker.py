@@ -6,6 +6,9 @@ JOB_DIR/search.json, a cross-validation from config.data.folds, an ensemble from
 The worker owns torch's process-wide state (threads, seeds), reports through JOB_DIR/events.jsonl and ends
 with an "end" event. Stop arrives as SIGTERM or SIGINT, or as the file JOB_DIR/stop (for a server that is not
 the worker's parent); the engine then stops within one batch, also while features are computed.
+
+A training job may run as N processes under torchrun (the supervisor starts it so, launch.py): every process runs
+this same entry, rank 0 alone writes events, and a process restarted by torchrun resumes from the checkpoint.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ from core.jobs.events import EventWriter
 from core.jobs.job import JOB_FILE, STOP_FILE
 from core.models.weights import WeightsError
 from core.runs import read_json, write_json
+from core.processes import die_with_parent
+from core.train import distributed
 from core.train.callbacks import State, StopTraining
 from core.train.engine import TrainingDiverged, dataset_features, fit, lr_find
 
@@ -83,10 +88,13 @@ def run(job_dir: Path) -> int:
     stop = threading.Event()
     stop_on_signals(stop)
     watch_stop_file(job_dir / STOP_FILE, stop)
-    events = EventWriter(job_dir)
+    if distributed.launched():
+        die_with_parent()  # torchrun gone (killed): stop, rather than train on unsupervised
+    events = EventWriter(job_dir if distributed.is_main() else None)
     try:
         config = RunConfig.from_dict(spec["config"])
         kind, resume = spec["kind"], bool(spec.get("resume"))
+        resume = resume or (distributed.restarted() and (job_dir / "checkpoint.pt").is_file())
         if kind == "train":
             result = fit(config, job_dir, [events], stop, resume=resume)
             events.emit("end", status=result.status, error=None, result=None)
@@ -120,10 +128,15 @@ def run(job_dir: Path) -> int:
         return 0
     except KeyboardInterrupt:
         events.emit("end", status="stopped", error=None, result=None)
-        return 130
+        return 0 if distributed.launched() else 130  # torchrun restarts a group whose process exits non-zero
     except Exception as exc:  # the run folder and the page say why; the traceback goes to error.log
-        (job_dir / "error.log").write_text(traceback.format_exc())
-        events.emit("end", status="failed", error=failure_message(exc), result=None)
+        if distributed.is_main():
+            (job_dir / "error.log").write_text(traceback.format_exc())
+        if distributed.restarts_left():  # torchrun restarts every process; the job goes on
+            events.on_message(f"A process failed ({failure_message(exc)}); torchrun restarts them all, resuming "
+                              "from the last finished epoch.", "warning")
+        else:
+            events.emit("end", status="failed", error=failure_message(exc), result=None)
         return 1
     finally:
         events.close()

@@ -1,8 +1,10 @@
 """The training loop: plain functions in the shape of torchvision's reference train.py.
 
 `fit(config, run_dir, callbacks, stop_event)` needs nothing but a config and a run folder, so the CLI, a
-page's background thread and (later) torchrun workers all call the same thing. The engine knows nothing
-of jobs or pages: it reports through callbacks and stops when its event is set or a callback raises.
+page's job worker and torchrun's processes all call the same thing (distributed.py: under torchrun the model is
+wrapped in DistributedDataParallel, rank 0 alone writes and reports, and stops are agreed by every process).
+The engine knows nothing of jobs or pages: it reports through callbacks and stops when its event is set or a
+callback raises.
 Each epoch is seeded from (seed, epoch), so a run resumed from its last checkpoint repeats exactly.
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torchvision.transforms import v2
 
 from core.models import backbones, inference
 from core.evaluate import heldout
-from core.train import features, head_solver, precision
+from core.train import distributed, features, head_solver, precision
 from core.train.precision import Precision, layout
 from core.evaluate import metrics
 from core import runs
@@ -33,6 +35,7 @@ from core.models import strategies
 from core.data.augment import eval_transform, train_transform
 from core.train.callbacks import Callback, Callbacks, State, StopTraining
 from core.config import RunConfig, workspace_root
+from core.data import samplers
 from core.data.loaders import DecodingLoader, ImageDataset, make_loader
 from core.train.schedules import make_scheduler
 from core.data.sources import DataError
@@ -89,7 +92,7 @@ def solve_head(p: "Prepared", criterion: nn.Module, state: State, cb: Callback,
     def progress(done: int, total: int) -> None:
         state.batch, state.batches = done, total
         cb.on_batch_end(state)
-        if stop_event.is_set():
+        if distributed.any_(stop_event.is_set()):
             raise StopTraining("stopped on request")
 
     solution = head_solver.fit_head(x, y, len(p.dataset.classes), criterion.weight,
@@ -98,6 +101,7 @@ def solve_head(p: "Prepared", criterion: nn.Module, state: State, cb: Callback,
     with torch.no_grad():
         linear.weight.copy_(solution.weight)
         linear.bias.copy_(solution.bias)
+        distributed.broadcast(linear.parameters())  # every process solved the same problem; rank 0's answer is the one
         p.net.eval()
         logits = p.net(x.to(p.device))
     state.phase, state.batch_loss = "train", float(criterion(logits, y.to(p.device)))
@@ -126,9 +130,9 @@ def train_one_epoch(model: nn.Module, step: Step, loader: Sequence, device: torc
             loss = step.criterion(logits, targets)
         if l1_params:
             loss = loss + step.l1 * sum(p.abs().sum() for p in l1_params)
-        if not torch.isfinite(loss):
+        if distributed.any_(not torch.isfinite(loss)):
             raise TrainingDiverged(
-                f"The loss became {loss.item()} in epoch {state.epoch}, batch {state.batch}: training diverged. "
+                f"The loss became NaN or infinite in epoch {state.epoch}, batch {state.batch}: training diverged. "
                 "Try a lower learning rate (for example a tenth of the current one)."
             )
         step.optimizer.zero_grad(set_to_none=True)
@@ -154,15 +158,17 @@ def train_one_epoch(model: nn.Module, step: Step, loader: Sequence, device: torc
         correct += int((logits.argmax(1) == hard).sum())
         seen += n
         callbacks.on_batch_end(state)
-        if stop_event.is_set():
+        if distributed.any_(stop_event.is_set()):
             raise StopTraining("stopped on request")
+    total_loss, correct, seen = distributed.sum_(total_loss, correct, seen)
     return {"loss": total_loss / max(seen, 1), "acc": correct / max(seen, 1)}
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, criterion: nn.Module, loader: Sequence, device: torch.device, num_classes: int,
              step: Step | None = None) -> dict[str, Any]:
-    """Mean loss, the confusion matrix (rows = true class) and top-k accuracy for each k < classes."""
+    """Mean loss, the confusion matrix (rows = true class) and top-k accuracy for each k < classes; under torchrun
+    each process passes its share of the split (distributed.shard_loader) and gets the whole split's figures."""
     model.eval()
     ks = [k for k in (2, 3, 5) if k < num_classes]
     total_loss, seen = 0.0, 0
@@ -179,7 +185,10 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: Sequence, device: t
             ranked = logits.topk(max(ks), dim=1).indices
             for k in ks:
                 top[k] += int((ranked[:, :k] == targets[:, None]).any(1).sum())
-    return {"loss": total_loss / max(seen, 1), "cm": cm, "top": {k: v / max(seen, 1) for k, v in top.items()}}
+    total_loss, seen, *hits = distributed.sum_(total_loss, seen, *top.values())
+    top = dict(zip(top, hits))
+    return {"loss": total_loss / max(seen, 1), "cm": distributed.sum_tensor(cm),
+            "top": {k: v / max(seen, 1) for k, v in top.items()}}
 
 
 def epoch_row(epoch: int, train: dict[str, float], val: dict[str, Any] | None) -> dict[str, Any]:
@@ -203,19 +212,25 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
     or Ctrl-C) or failed; never "running" for a run that ended. `save_model=False` is a search trial: metrics
     only, no checkpoint, weights or held-out predictions (writing a whole backbone every epoch would cost more
     than a trial on cached features); a chosen trial is trained again as a run, which the seeds make identical.
+    Under torchrun every process calls this; rank 0 alone reports and writes, the others read run_dir only to
+    resume (several machines share it, as clusters share a filesystem).
     """
-    cb = Callbacks(list(callbacks))
+    distributed.setup(_device(config.device))
+    main = distributed.is_main()
+    cb = Callbacks(list(callbacks) if main else [])
     stop_event = stop_event or threading.Event()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     p = prepare(config, dataset, cb)
     config, dataset, backbone, weights, model, device = p.config, p.dataset, p.backbone, p.weights, p.model, p.device
-    _write_run_header(config, run_dir, p, fresh=not resume)
+    if main:
+        _write_run_header(config, run_dir, p, fresh=not resume)
     state = State(epochs=config.optim.epochs)
     status, message = "finished", ""
     try:
         use_cached_features(p, cb, stop_event)
-        if p.engine:
+        if p.engine and main:
             _record(run_dir, "features", {"engine": p.engine})
         net, loaders = p.net, p.loaders
         num_classes = len(dataset.classes)
@@ -231,6 +246,7 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
                     _mixer(config, num_classes), config.regularize.l1, config.optim.clip_grad,
                     p.precision, through_backbone and config.channels_last)
         eval_criterion = nn.CrossEntropyLoss()
+        val_share = distributed.shard_loader(loaders["val"]) if "val" in loaders else None
         bad_epochs, best_state, start = 0, None, 1
         checkpoint = run_dir / "checkpoint.pt"
         if resume:
@@ -241,50 +257,60 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
             start, bad_epochs = ckpt["epoch"] + 1, ckpt["bad_epochs"]
             state.best_epoch, state.best_score = ckpt["best_epoch"], ckpt["best_score"]
             state.history = runs.read_jsonl(run_dir / "metrics.jsonl")[: ckpt["epoch"]]
-            runs.rewrite_jsonl(run_dir / "metrics.jsonl", state.history)
+            if main:
+                runs.rewrite_jsonl(run_dir / "metrics.jsonl", state.history)
             best_state = load_file(run_dir / "model.safetensors") if state.best_epoch else None
             cb.on_message(f"Resumed after epoch {ckpt['epoch']}.")
         groups = strategies.describe(model, backbone, config.model, config.optim.lr, max(start, 1))
         cb.on_fit_start(state, {"classes": dataset.classes, "weights": weights.to_dict(), "groups": groups,
                                 "train_images": len(loaders["train"].dataset),
-                                "val_images": len(loaders["val"].dataset) if "val" in loaders else 0})
+                                "val_images": len(loaders["val"].dataset) if "val" in loaders else 0,
+                                "processes": distributed.world()})
         trainable: list[bool] = []
+        trained = net  # what the training forward runs: net, or DistributedDataParallel around it
         for state.epoch in range(start, state.epochs + 1):
             now = strategies.trainable_groups(config.model, len(backbone.groups), state.epoch)
             if now != trainable and trainable:
                 names = [backbone.groups[i][0] for i, t in enumerate(now) if t and not trainable[i]]
                 cb.on_message(f"Epoch {state.epoch}: unfroze {', '.join(names)}.")
-            trainable = now
             if net is model:
-                strategies.apply_freeze(model, backbone, trainable)
-                strategies.set_train_mode(model, backbone, trainable, config.model.train_frozen_bn)
+                strategies.apply_freeze(model, backbone, now)
+                strategies.set_train_mode(model, backbone, now, config.model.train_frozen_bn)
             else:  # the head alone, on cached features: walking the whole backbone every epoch is wasted time
                 net.train()
+            if now != trainable and not solving:
+                trained = distributed.wrap(net, device)  # DDP over the groups trainable from now on
+            trainable = now
             cb.on_epoch_start(state)
             started = time.perf_counter()
-            loaders["train"].generator.manual_seed(config.seed * 100_003 + state.epoch)  # order and loader workers
-            torch.manual_seed(config.seed * 100_019 + state.epoch)  # augmentation and dropout: epoch-reproducible
+            loaders["train"].sampler.set_epoch(state.epoch)  # the order: one permutation per epoch, shared
+            seed = config.seed * 100_019 + state.epoch + 1_000_003 * distributed.rank()
+            loaders["train"].generator.manual_seed(seed)  # loader workers' seeds
+            torch.manual_seed(seed)  # augmentation and dropout: epoch-reproducible, and different on each process
             lr = None if solving else optimizer.param_groups[-1]["lr"]  # the head's rate, as the epoch starts
             if solving:
                 train = solve_head(p, step.criterion, state, cb, stop_event)
             else:
-                train = train_one_epoch(net, step, loaders["train"], device, state, cb, stop_event)
+                train = train_one_epoch(trained, step, loaders["train"], device, state, cb, stop_event)
+                distributed.broadcast(net.buffers())  # rank 0's batch-norm statistics: those it saves, everywhere
             val = None
-            if "val" in loaders:
+            if val_share is not None:
                 state.phase = "val"
-                val = evaluate(net, eval_criterion, loaders["val"], device, num_classes, step)
+                val = evaluate(net, eval_criterion, val_share, device, num_classes, step)
             row = epoch_row(state.epoch, train, val) | {"lr": lr, "seconds": time.perf_counter() - started}
             if "l2" in train:
                 row["l2"] = train["l2"]
             state.history.append(row)
-            runs.append_jsonl(run_dir / "metrics.jsonl", row)
+            if main:
+                runs.append_jsonl(run_dir / "metrics.jsonl", row)
             score = row[monitor] if maximize else -row[monitor]
             if not state.best_epoch or score > state.best_score + config.early_stop.min_delta:
                 state.best_epoch, state.best_score, bad_epochs = state.epoch, score, 0
                 if save_model:
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                    runs.save_weights(run_dir / "model.safetensors", best_state)
-                if val is not None:
+                    if main:
+                        runs.save_weights(run_dir / "model.safetensors", best_state)
+                if val is not None and main:
                     runs.write_json(run_dir / "confusion_matrix.json",
                                     {"epoch": state.epoch, "classes": dataset.classes, "matrix": val["cm"].tolist()})
             else:
@@ -293,7 +319,7 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
                 scheduler.step()
             elif when == "metric":
                 scheduler.step(row[monitor])
-            if save_model:
+            if save_model and main:
                 _save_checkpoint(checkpoint, state, model, optimizer, scheduler, bad_epochs)
             cb.on_epoch_end(state, row, val["cm"].tolist() if val is not None else None)
             if config.early_stop.patience and bad_epochs >= config.early_stop.patience:
@@ -301,7 +327,7 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
                            f"the best epoch was {state.best_epoch}.")
                 cb.on_message(message)
                 break
-            if stop_event.is_set():
+            if distributed.any_(stop_event.is_set()):
                 raise StopTraining("stopped on request")
     except (StopTraining, KeyboardInterrupt) as stop:
         status = "stopped"
@@ -309,22 +335,29 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
                    if state.epoch else f"Stopped before training began: {stop or 'interrupted'}.")
         cb.on_message(message)
         if isinstance(stop, KeyboardInterrupt):  # a second Ctrl-C: leave at once, resumable
-            runs.write_status(run_dir, status, message, best_epoch=state.best_epoch)
+            if main:
+                runs.write_status(run_dir, status, message, best_epoch=state.best_epoch)
             raise
     except BaseException as exc:
-        runs.write_status(run_dir, "failed", str(exc), best_epoch=state.best_epoch)
+        if main:
+            runs.write_status(run_dir, "failed", str(exc), best_epoch=state.best_epoch)
         cb.on_fit_end(state, "failed")
         raise
     try:
         if state.best_epoch and save_model:
             model.load_state_dict(best_state)
+        if state.best_epoch and save_model and main:
             heldout.after_fit(run_dir, p.net, {k: v for k, v in p.loaders.items() if k != "train"}, dataset, device)
+        distributed.barrier()  # the others wait for rank 0's evaluation, so no process leaves the group early
     except BaseException as exc:  # the epochs are done and kept; the run still ended, as failed
-        runs.write_status(run_dir, "failed", f"Evaluating the best weights failed: {exc}", best_epoch=state.best_epoch)
+        if main:
+            runs.write_status(run_dir, "failed", f"Evaluating the best weights failed: {exc}",
+                              best_epoch=state.best_epoch)
         cb.on_fit_end(state, "failed")
         raise
     best = state.history[state.best_epoch - 1] if state.best_epoch else {}
-    runs.write_status(run_dir, status, message, best_epoch=state.best_epoch)
+    if main:
+        runs.write_status(run_dir, status, message, best_epoch=state.best_epoch)
     cb.on_fit_end(state, status)
     return FitResult(run_dir, status, state.best_epoch, best, state.history, weights, model, message)
 
@@ -349,10 +382,11 @@ def prepare(config: RunConfig, dataset: Dataset | None, cb: Callback) -> Prepare
     """Seeds, threads, data, weights, strategy, model and image loaders: shared by fit and the LR finder."""
     config = copy.deepcopy(config)
     _seed_everything(config.seed)
-    torch.set_num_threads(config.threads or os.cpu_count() or 1)
-    device = _device(config.device)
+    torch.set_num_threads(max(1, (config.threads or os.cpu_count() or 1) // distributed.local_processes()))
+    device = distributed.setup(_device(config.device))
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input sizes: let cuDNN time its kernels once
     check_config(config)
+    _check_processes(config, device)
     if dataset is None:
         dataset = load_dataset(config.data.source, workspace_root(), config.data)
     if not dataset.report.trainable:
@@ -365,6 +399,8 @@ def prepare(config: RunConfig, dataset: Dataset | None, cb: Callback) -> Prepare
     if note:
         cb.on_message(note, "info" if weights.pretrained else "warning")
     model = backbones.build_model(backbone, len(dataset.classes), config.model.dropout, state_dict).to(device)
+    if config.distributed.sync_bn and distributed.world() > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place: the same parameters, the same names
     loaders = _loaders(config, dataset, backbone, device)
     return Prepared(config, dataset, backbone, weights, model, model, loaders, device,
                     precision.resolve(config.precision, device), note)
@@ -425,6 +461,17 @@ def check_config(config: RunConfig) -> None:
         raise ValueError("class_weighting must be none, loss or sampler")
 
 
+def _check_processes(config: RunConfig, device: torch.device) -> None:
+    """Refuse what several processes cannot do, before any of them has started work."""
+    n = distributed.world()
+    if config.optim.batch_size % n:
+        raise ValueError(f"The batch size ({config.optim.batch_size}) is the global one and must split evenly over "
+                         f"the {n} processes; use a multiple of {n}.")
+    if config.distributed.sync_bn and device.type != "cuda":
+        raise ValueError("sync_bn synchronises batch norm across GPUs (PyTorch supports it on CUDA only); turn it "
+                         "off when training on CPUs.")
+
+
 def _monitor(config: RunConfig, has_val: bool) -> tuple[str, bool]:
     """The metric that picks the best epoch and drives early stopping; train loss without validation."""
     if not has_val:
@@ -432,13 +479,13 @@ def _monitor(config: RunConfig, has_val: bool) -> tuple[str, bool]:
     return config.early_stop.monitor, config.early_stop.monitor != "val_loss"
 
 
-def _sampler(config: RunConfig, samples, num_classes: int, generator: torch.Generator):
-    """Balanced batches: each image drawn with probability 1 / (its class's size)."""
-    if config.regularize.class_weighting != "sampler":
-        return None
-    counts = np.bincount([s.label for s in samples], minlength=num_classes)
-    weights = torch.tensor([1.0 / counts[s.label] for s in samples], dtype=torch.double)
-    return torch.utils.data.WeightedRandomSampler(weights, len(samples), replacement=True, generator=generator)
+def _sampler(config: RunConfig, samples, num_classes: int):
+    """The training order (samplers.py): balanced batches for class weighting "sampler", else a permutation; this
+    process's share of it, reseeded by set_epoch."""
+    seed, rank, world = config.seed * 100_003, distributed.rank(), distributed.world()
+    if config.regularize.class_weighting == "sampler":
+        return samplers.Balanced([s.label for s in samples], num_classes, seed, rank, world)
+    return samplers.shuffled(samples, seed, rank, world)
 
 
 def _loaders(config: RunConfig, dataset: Dataset, backbone: backbones.Backbone, device: torch.device) -> dict:
@@ -446,12 +493,10 @@ def _loaders(config: RunConfig, dataset: Dataset, backbone: backbones.Backbone, 
     pin = device.type == "cuda"  # page-locked batches copy to the GPU asynchronously (non_blocking=True)
     workers = precision.loader_workers(config.num_workers, device)
     train_samples = dataset.split("train")
-    generator = torch.Generator()
-    sampler = _sampler(config, train_samples, len(dataset.classes), generator)
     train_ds = ImageDataset(dataset.data_dir, train_samples, train_transform(aug, backbone.mean, backbone.std),
                             aug.resize_side())
-    result = {"train": make_loader(train_ds, config.optim.batch_size, True, workers, generator, pin,
-                                   sampler)}
+    result = {"train": make_loader(train_ds, _batch(config), True, workers, torch.Generator(), pin,
+                                   _sampler(config, train_samples, len(dataset.classes)))}
     eval_tf = eval_transform(aug, backbone.mean, backbone.std)
     for split in ("val", "test"):
         samples = dataset.split(split)
@@ -462,43 +507,58 @@ def _loaders(config: RunConfig, dataset: Dataset, backbone: backbones.Backbone, 
 
 
 def _cached_features(p: Prepared, cb: Callback, stop_event: threading.Event) -> tuple[dict[str, int], torch.Tensor]:
-    """(path -> row, features) of every sample: read from the cache, or computed (with progress) and stored."""
+    """(path -> row, features) of every sample: read from the cache, or computed (with progress) and stored. Under
+    torchrun each process computes a share (distributed.shard_indices) and all gather the whole, unless every
+    process finds the cache (a machine of a cluster may not have it)."""
     config, dataset, backbone = p.config, p.dataset, p.backbone
     path = workspace_root() / "features" / f"{features.cache_key(config, dataset, backbone, p.weights)}.pt"
+    paths = [s.path for s in dataset.samples]
+    cached = features.read_cache(path, paths)
+    if not distributed.any_(cached is None):
+        p.engine = "cached"
+        cb.on_message("Frozen backbone: cached features (computed by an earlier run).")
+        return cached
     state = State(phase="features")
 
     def progress(done: int, total: int) -> None:
         state.batch, state.batches = done, total
         cb.on_batch_end(state)
-        if stop_event.is_set():
+        if distributed.any_(stop_event.is_set()):
             raise StopTraining("stopped on request")
 
-    images = ImageDataset(dataset.data_dir, dataset.samples,
-                          eval_transform(config.augment, backbone.mean, backbone.std), config.augment.resize_side())
+    share = [dataset.samples[i] for i in distributed.shard_indices(len(paths))]
+    images = ImageDataset(dataset.data_dir, share, eval_transform(config.augment, backbone.mean, backbone.std),
+                          config.augment.resize_side())
     workers = precision.loader_workers(config.num_workers, p.device)
     loader = (make_loader(images, FEATURE_BATCH, False, workers, pin_memory=p.device.type == "cuda") if workers
               else DecodingLoader(images, FEATURE_BATCH, torch.get_num_threads()))
-    index, feats, used = features.cached_features(path, p.model, backbone, loader, [s.path for s in dataset.samples],
-                                                  p.device, config.engine, None if path.exists() else progress)
-    p.engine = used or "cached"
-    cb.on_message("Frozen backbone: " + (f"features computed once ({used}), and cached." if used else
-                                         "cached features (computed by an earlier run)."))
-    return index, feats
+    local, used = features.extract(p.model, backbone, loader, p.device, config.engine, progress)
+    feats = distributed.gather_shards(local, len(paths))
+    if distributed.local_main():
+        features.write_cache(path, paths, feats)
+    p.engine = used
+    cb.on_message(f"Frozen backbone: features computed once ({used}), and cached."
+                  + (f" {distributed.world()} processes computed a share each." if distributed.world() > 1 else ""))
+    return {q: i for i, q in enumerate(paths)}, feats
 
 
 def _feature_loaders(p: Prepared, cb: Callback, stop_event: threading.Event) -> dict:
     """Loaders over cached features in place of images; the first run computes and stores them."""
     config, dataset = p.config, p.dataset
     index, feats = _cached_features(p, cb, stop_event)
-    generator = torch.Generator()
     train = dataset.split("train")
-    result = {"train": features.feature_loader(index, feats, train, config.optim.batch_size, True, generator,
-                                               _sampler(config, train, len(dataset.classes), generator))}
+    result = {"train": features.feature_loader(index, feats, train, _batch(config), True, torch.Generator(),
+                                               _sampler(config, train, len(dataset.classes)))}
     for split in ("val", "test"):
         if dataset.split(split):
             result[split] = features.feature_loader(index, feats, dataset.split(split), config.optim.batch_size,
                                                     False, None)
     return result
+
+
+def _batch(config: RunConfig) -> int:
+    """This process's share of the (global) training batch."""
+    return config.optim.batch_size // distributed.world()
 
 
 def _optimizer(config: RunConfig, model: nn.Module, backbone: backbones.Backbone) -> torch.optim.Optimizer:
@@ -546,7 +606,7 @@ def _write_run_header(config: RunConfig, run_dir: Path, p: Prepared, fresh: bool
         "key": p.dataset.key, "layout": report.layout, "splits": report.splits, "groups": report.groups,
         "folds": report.folds, "labels_version": p.dataset.labels_version, "labels_digest": p.dataset.labels_digest},
         "device": str(p.device), "torch": torch.__version__,
-        "precision": p.precision.name}
+        "precision": p.precision.name, "processes": distributed.world()}
     if p.strategy_note:
         provenance["strategy"] = p.strategy_note
     if fresh:

@@ -77,21 +77,19 @@ def extract(model: nn.Module, backbone: Backbone, loader: Iterable, device: torc
         set_submodule(model, prefix, head)
 
 
-def cached_features(path: Path, model: nn.Module, backbone: Backbone, loader: Iterable, paths: list[str],
-                    device: torch.device, engine: str = "auto", progress: Progress | None = None
-                    ) -> tuple[dict[str, int], torch.Tensor, str | None]:
-    """(path -> row, features, the engine that computed them): read from `path` when it covers every sample
-    (engine None), else computed and written."""
-    if path.exists():
-        blob = torch.load(path, weights_only=True)
-        index = {p: i for i, p in enumerate(blob["paths"])}
-        if all(p in index for p in paths):
-            return index, blob["features"], None
-    features, used = extract(model, backbone, loader, device, engine, progress)
+def read_cache(path: Path, paths: list[str]) -> tuple[dict[str, int], torch.Tensor] | None:
+    """(path -> row, features) from the cache file when it covers every one of `paths`, else None."""
+    if not path.exists():
+        return None
+    blob = torch.load(path, weights_only=True)
+    index = {p: i for i, p in enumerate(blob["paths"])}
+    return (index, blob["features"]) if all(p in index for p in paths) else None
+
+
+def write_cache(path: Path, paths: list[str], features: torch.Tensor) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with runs.replace_atomically(path) as tmp:
         torch.save({"paths": paths, "features": features}, tmp)
-    return {p: i for i, p in enumerate(paths)}, features, used
 
 
 def feature_loader(index: dict[str, int], features: torch.Tensor, samples, batch_size: int, train: bool,
@@ -100,4 +98,4 @@ def feature_loader(index: dict[str, int], features: torch.Tensor, samples, batch
     labels = torch.tensor([s.label for s in samples], dtype=torch.long)
     return DataLoader(TensorDataset(features[rows], labels), batch_size=batch_size,
                       shuffle=train and sampler is None, sampler=sampler, generator=generator,
-                      drop_last=train and len(samples) > batch_size)
+                      drop_last=train and len(sampler if sampler is not None else samples) > batch_size)
