@@ -246,7 +246,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(_launch_text(args.print_launch, config, args.out, args.master))
         return 0
     inside = distributed.launched()  # one of torchrun's processes: rank 0 alone prints
-    quiet = args.quiet or (inside and int(os.environ.get("RANK", "0")) > 0)
+    quiet = args.quiet or not distributed.is_main()
     dataset = load_dataset(config.data.source, workspace_root(), config.data,
                            progress=None if quiet else _Bar("checking").update)
     if not dataset.report.trainable:
@@ -262,8 +262,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         command = launch.torchrun(d, args.out.name, args.node_rank, args.master) + [
             "-m", "core", "train", "--out", str(args.out), "--config", str(resolved),
             *(["--resume", str(args.resume)] if args.resume else []), *(["--quiet"] if args.quiet else [])]
-        threads = max(1, (config.threads or os.cpu_count() or 1) // d.nproc)
-        os.execve(sys.executable, command, launch.environment(threads))  # torchrun starts this command N times
+        os.execve(sys.executable, command, launch.environment(config))  # torchrun starts this command N times
     stop = threading.Event()
     stop_on_signals(stop)  # Ctrl-C stops within one batch and the run stays resumable; a second one at once
     resume = bool(args.resume) or (distributed.restarted() and (args.out / "checkpoint.pt").is_file())

@@ -84,6 +84,13 @@ def test_processes_take_the_global_batch_between_them():
     assert list(sampler) != one
 
 
+def test_the_collectives_agree_sum_and_gather_across_processes(tmp_path, workspace):
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(ROOT / "tests" / "ddp_collectives.py")], env=env(workspace), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.count("ok") == 2, done.stderr[-3000:]
+
+
 def torchrun_fit(config: RunConfig, tmp_path: Path, name: str, workspace: Path, nproc: int = 2) -> Path:
     """fit on nproc processes (tests/ddp_fit.py saves each process's final parameters beside the run)."""
     config_file = tmp_path / f"{name}.json"
@@ -96,10 +103,17 @@ def torchrun_fit(config: RunConfig, tmp_path: Path, name: str, workspace: Path, 
     return run
 
 
-def test_two_processes_end_identical_and_match_one_process(tmp_path, data, workspace):
-    one = fit(probe_config(data), tmp_path / "one")
+def test_two_processes_end_identical_and_match_one_process(tmp_path, data, workspace, monkeypatch):
     run = torchrun_fit(probe_config(data), tmp_path, "two", workspace)
+    alone = tmp_path / "alone"  # a workspace of its own: the one process computes its features itself
+    monkeypatch.setenv("FTLAB_HOME", str(alone))
+    one = fit(probe_config(data), tmp_path / "one")
     assert runs.read_json(run / "status.json")["status"] == "finished"
+    # the processes computed a share of the features each; gathered, they are the one process's, in its order
+    assert runs.read_json(run / "config.json")["provenance"]["features"]["engine"] != "cached"
+    (shared,), (own,) = (list((root / "features").glob("*.pt")) for root in (workspace, alone))
+    shared, own = (torch.load(f, weights_only=True) for f in (shared, own))
+    assert shared["paths"] == own["paths"] and torch.allclose(shared["features"], own["features"], atol=1e-5)
     assert_same_metrics(rows(run), one.history)
     rank0, rank1 = (load_file(str(tmp_path / f"two-rank{r}.safetensors")) for r in (0, 1))
     for key, value in one.model.named_parameters():

@@ -279,3 +279,19 @@ def test_stop_while_features_are_computed_is_a_stop_not_a_failure(data, workspac
     result = fit(config, tmp_path / "run", [StopInFeatures()], stop)
     assert result.status == "stopped" and result.history == []
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "stopped"
+
+
+def test_the_head_starts_the_same_whatever_ran_before_in_the_process(tmp_path, data, workspace):
+    """A search retrains its best trial as a run, in another process: a head initialised from a random state that
+    depends on what ran before (the first read of a weights file builds a model, which draws random numbers)
+    would give another result."""
+    from core.models import weights
+
+    config = small_config(data, epochs=1, solver="loop")
+    config.model.backbone, config.model.weights, config.model.strategy = "efficientnet_lite0", "pretrained", "linear-probe"
+    config.augment.image_size = 224
+    weights._MEMO.clear()  # as in a fresh process
+    first = fit(config, tmp_path / "first")
+    second = fit(config, tmp_path / "second")  # the weights file is read from memory now
+    assert first.weights.source == "packaged"
+    assert [r["train_loss"] for r in first.history] == [r["train_loss"] for r in second.history]

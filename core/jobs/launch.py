@@ -25,13 +25,11 @@ def needs_torchrun(d: DistributedConfig) -> bool:
     return d.processes > 1
 
 
-def environment(threads: int = 0) -> dict[str, str]:
-    """This process's environment for torchrun; `threads` > 0 fixes the threads of each worker (torchrun would
-    otherwise set OMP_NUM_THREADS=1 and warn)."""
-    env = dict(os.environ) | ENV
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    return env
+def environment(config: RunConfig) -> dict[str, str]:
+    """This process's environment for torchrun, with each worker's share of the run's threads on this machine
+    (torchrun would otherwise set OMP_NUM_THREADS=1 and warn)."""
+    threads = max(1, (config.threads or os.cpu_count() or 1) // config.distributed.nproc)
+    return dict(os.environ) | ENV | {"OMP_NUM_THREADS": str(threads)}
 
 
 def torchrun(d: DistributedConfig, run_id: str, node_rank: int = 0, master: str = "") -> list[str]:

@@ -52,7 +52,7 @@ def start_worker(job: Job) -> subprocess.Popen:
     d = job.config.distributed
     if job.kind == "train" and launch.needs_torchrun(d):
         command = launch.torchrun(d, job.id) + command[1:]
-        env = launch.environment(max(1, (job.config.threads or os.cpu_count() or 1) // d.nproc))
+        env = launch.environment(job.config)
     with open(job.dir / "worker.log", "ab") as log:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)

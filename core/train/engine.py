@@ -398,6 +398,7 @@ def prepare(config: RunConfig, dataset: Dataset | None, cb: Callback) -> Prepare
     config.model.strategy, note = strategies.resolve_strategy(config.model, len(backbone.groups), weights.pretrained)
     if note:
         cb.on_message(note, "info" if weights.pretrained else "warning")
+    torch.manual_seed(config.seed)  # the new head's initialisation, whatever drew random numbers before in this process
     model = backbones.build_model(backbone, len(dataset.classes), config.model.dropout, state_dict).to(device)
     if config.distributed.sync_bn and distributed.world() > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place: the same parameters, the same names
