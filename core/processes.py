@@ -10,22 +10,24 @@ from pathlib import Path
 PR_SET_PDEATHSIG = 1
 
 
-def process_start_time(pid: int) -> str | None:
-    """The kernel's start time of a process, None when there is no such process (or only its zombie)."""
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name (which may hold spaces): state, parent, ..., start time."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return None if fields[0] == "Z" else fields[19]
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of a process, None when there is no such process (or only its zombie)."""
+    fields = _stat(pid)
+    return None if fields is None or fields[0] == "Z" else fields[19]
 
 
 def parent_of(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(")") + 2:].split()[1])
+    fields = _stat(pid)
+    return None if fields is None else int(fields[1])
 
 
 def descendants(pid: int) -> list[int]:

@@ -55,8 +55,8 @@ class JobRegistry:
         """Queue a run (or the resumption of one); returns its id, which is also its run folder's name. A run on
         several processes (config.distributed.nproc) runs under torchrun on this machine."""
         if config.distributed.nnodes > 1:
-            raise JobError("A run on several machines starts on each of them (Train page > Several machines has the "
-                           "commands); from here it can use several processes of this machine.")
+            raise JobError("A run on several machines starts on each of them (Train page > Several processes "
+                           "and machines has the commands); from here it can use several processes of this machine.")
         if not config.threads:
             config.threads = self.threads
         if resume_dir is not None:
