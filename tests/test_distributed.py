@@ -308,3 +308,55 @@ def test_ray_job_submit_runs_the_cli(tmp_path, data, workspace):
         assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "finished"
     finally:
         subprocess.run(["ray", "stop"], timeout=120)
+
+
+def test_the_slurm_script_runs_the_cli_on_every_node_with_its_rank(tmp_path, data):
+    """The sbatch script under bash, with srun, scontrol and python standing in for a 2-node allocation: every node
+    runs the CLI with its node rank, the first node as rendezvous, and the embedded config written where it says."""
+    config = probe_config(data)
+    config.distributed.nnodes = 2
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    tools = {"srun": 'for n in 0 1; do SLURM_NODEID=$n "$@"; done',
+             "scontrol": "echo nodeA; echo nodeB",
+             "python": 'echo "$TORCH_DISABLE_SHARE_RDZV_TCP_STORE $*" >> "$CALLS"'}
+    for name, body in tools.items():
+        (fake / name).write_text(f"#!/bin/bash\n{body}\n")
+        (fake / name).chmod(0o755)
+    script = tmp_path / "job.sbatch"
+    script.write_text(launch.sbatch(config, str(tmp_path / "run one")))
+    calls = tmp_path / "calls.txt"
+    done = subprocess.run(["bash", str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=30,
+                          env=dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", CALLS=str(calls),
+                                   SLURM_JOB_NODELIST="nodeA,nodeB"))
+    assert done.returncode == 0, done.stderr
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 2
+    for rank, line in enumerate(lines):
+        assert line.startswith("1 -m core train") and f"--node-rank {rank} --master nodeA:29500" in line
+        assert f"--out {tmp_path}/run one --config" in line
+        assert line.split("--config ")[1].split(" --nproc")[0] == f"{tmp_path}/run one.config.json"
+    written = Path(f"{tmp_path}/run one.config.json")
+    assert RunConfig.from_json(written.read_text()).distributed.nnodes == 2
+
+
+def test_the_kubernetes_pods_run_the_cli_with_the_rank_the_operator_gives(tmp_path, data):
+    """Each pod's command under bash, with the environment Kubeflow's PyTorchJob sets and python standing in."""
+    config = probe_config(data)
+    config.distributed.nnodes = 2
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text('#!/bin/bash\necho "$TORCH_DISABLE_SHARE_RDZV_TCP_STORE $*" >> "$CALLS"\n')
+    (fake / "python").chmod(0o755)
+    _, job = yaml.safe_load_all(launch.kubernetes(config, "/data/runs/exp"))
+    calls = tmp_path / "calls.txt"
+    for kind, rank in (("Master", 0), ("Worker", 1)):
+        container = job["spec"]["pytorchReplicaSpecs"][kind]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        done = subprocess.run(container["command"], capture_output=True, text=True, timeout=30, env=dict(
+            os.environ, **env, PATH=f"{fake}:{os.environ['PATH']}", CALLS=str(calls), RANK=str(rank),
+            MASTER_ADDR="exp-master-0", MASTER_PORT="23456"))
+        assert done.returncode == 0, done.stderr
+    for rank, line in enumerate(calls.read_text().splitlines()):
+        assert line.startswith("1 -m core train") and "--out /data/runs/exp --config /config/config.json" in line
+        assert f"--nnodes 2 --max-restarts 0 --node-rank {rank} --master exp-master-0:23456" in line

@@ -52,16 +52,18 @@ def rendezvous_id(name: str) -> str:
 
 
 def train_command(config_file: str, data: str, out: str, d: DistributedConfig, node_rank: str, master: str) -> str:
-    """One machine's command: the app's CLI, which starts torchrun there."""
-    return " ".join(["python -m core train", shlex.quote(data), "--out", shlex.quote(out), "--config",
-                     shlex.quote(config_file), "--nproc", str(d.nproc), "--nnodes", str(d.nnodes),
-                     "--max-restarts", str(d.max_restarts), "--node-rank", node_rank, "--master", master])
+    """One machine's command: the app's CLI, which starts torchrun there. config_file, node_rank and master are
+    shell words as they stand (a script passes variables: "$RUN_CONFIG", $SLURM_NODEID)."""
+    return " ".join(["python -m core train", shlex.quote(data), "--out", shlex.quote(out), "--config", config_file,
+                     "--nproc", str(d.nproc), "--nnodes", str(d.nnodes), "--max-restarts", str(d.max_restarts),
+                     "--node-rank", node_rank, "--master", master])
 
 
 def commands(config: RunConfig, out: str, master: str = f"HOST0:{PORT}", config_file: str = "config.json") -> list[str]:
     """One command per machine, to run on each at about the same time (machine 0 first is not required)."""
     d = config.distributed
-    return [train_command(config_file, config.data.source, out, d, str(r), master) for r in range(d.nnodes)]
+    return [train_command(shlex.quote(config_file), config.data.source, out, d, str(r), shlex.quote(master))
+            for r in range(d.nnodes)]
 
 
 def _cluster_config(config: RunConfig) -> str:
@@ -81,13 +83,13 @@ def sbatch(config: RunConfig, out: str, partition: str = "", gpus_per_node: int 
         header.append(f"#SBATCH --gpus-per-node={gpus_per_node}")
     if partition:
         header.append(f"#SBATCH --partition={partition}")
-    command = train_command("$RUN_CONFIG", config.data.source, out, d, "$SLURM_NODEID", "$HEAD:" + str(PORT))
+    command = train_command('"$RUN_CONFIG"', config.data.source, out, d, "$SLURM_NODEID", f'"$HEAD:{PORT}"')
     return "\n".join([
         "#!/bin/bash", *header, "#SBATCH --output=%x-%j.out", "",
         "# Run from the Fine-Tune Lab checkout (its .venv active); DATA and --out on a filesystem every node shares.",
         "set -euo pipefail",
-        "HEAD=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)",
-        f"RUN_CONFIG={shlex.quote(out)}.config.json",
+        "export HEAD=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)  # hosts the rendezvous",
+        f"export RUN_CONFIG={shlex.quote(out + '.config.json')}",
         "cat > \"$RUN_CONFIG\" <<'CONFIG'", _cluster_config(config), "CONFIG",
         f"export {' '.join(f'{k}={v}' for k, v in ENV.items())}",
         f"srun bash -c {shlex.quote(command)}", ""])
