@@ -74,8 +74,11 @@ def test_a_folder_without_finished_folds_says_so(tmp_path):
 def test_cross_validation_finds_an_image_in_the_wrong_class_folder(workspace, tmp_path, one_thread):
     data = make_dataset(tmp_path / "data", {"red": 12, "blue": 12, "green": 12})
     (data / "red" / "0.png").rename(data / "blue" / "moved.png")  # a red image filed as blue
-    config = small_config(data, epochs=3, lr=1e-3)
+    config = small_config(data, epochs=5, lr=1e-3)
     config.data.folds = 3
+    # the best epoch by val_loss, a confident model: by val_acc it is the first epoch at 100%, still unsure (red 0.47
+    # for the moved image), under confident learning's per-class thresholds on some training orders
+    config.early_stop.monitor = "val_loss"
     started = time.perf_counter()
     summary = cross_validate(config, tmp_path / "cv")
     seconds = time.perf_counter() - started
