@@ -27,6 +27,7 @@ from core import runs
 LITTER_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx", "@eadir", "$recycle.bin", "icon\r"}
 SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing"}
 _CHUNK = 1 << 20
+MAX_DEPTH, MAX_NAME_BYTES = 32, 255  # folders deep, and one name's length (most filesystems' limit)
 
 Upload = Sequence[tuple[str, bytes | BinaryIO]]  # (relative path, content or a seekable file object)
 DataSource = str | Path | bytes | BinaryIO | Upload  # a file object is a zip
@@ -41,6 +42,10 @@ class Limits:
     max_total_bytes: int = 8 * 1024**3  # uncompressed, whole dataset
     max_files: int = 200_000
     max_file_bytes: int = 256 * 1024**2
+    # A zip member that unpacks past this size to more than max_ratio times its packed size is a bomb: image files
+    # hardly compress (JPEG, PNG are compressed already; raw TIFFs a few times), a bomb by a thousand times or more.
+    ratio_floor_bytes: int = 16 * 1024**2
+    max_ratio: int = 200
 
 
 @dataclass
@@ -67,11 +72,13 @@ class Ingested:
 class _Entry:
     parts: tuple[str, ...]
     open: Callable[[], ContextManager[BinaryIO]]  # read from the start; read twice (hash, then copy)
+    packed: int = 0  # a zip member's compressed size (0: not compressed)
 
 
 def ingest(source: DataSource, workspace: Path, limits: Limits = Limits()) -> Ingested:
     """Copy a source into the workspace once; the same content again costs no disk."""
     entries, dirs, refused = _entries(source, limits)
+    entries = _screen(entries, refused)
     entries, dirs = _strip_enclosing_folder(entries, dirs)
     if not entries:
         raise DataError(
@@ -216,6 +223,9 @@ def _folder_entries(root: Path, limits: Limits):
 
 
 def _zip_entries(file: Path | BinaryIO, limits: Limits):
+    declared = _declared_entries(file)
+    if declared is not None and declared > limits.max_files:  # before a central directory that size is parsed
+        raise DataError(f"The zip holds {declared} files; the limit is {limits.max_files}. Split the dataset.")
     try:
         archive = zipfile.ZipFile(file)
         infos = archive.infolist()
@@ -242,10 +252,46 @@ def _zip_entries(file: Path | BinaryIO, limits: Limits):
             dirs.add(parts)
         elif info.flag_bits & 0x1:
             refused.append(Refused(info.filename, "it is encrypted; zip the data without a password"))
+        elif (info.external_attr >> 16) & 0o170000 == 0o120000:
+            refused.append(Refused(info.filename, "it is a symbolic link, not a file, so it was ignored"))
         else:
-            entries.append(_Entry(parts, lambda info=info: archive.open(info)))
+            entries.append(_Entry(parts, lambda info=info: archive.open(info), info.compress_size))
     file_dirs = {e.parts[:i] for e in entries for i in range(1, len(e.parts))}
     return entries, dirs - file_dirs, refused
+
+
+def _declared_entries(file: Path | BinaryIO) -> int | None:
+    """The entry count a zip's end record declares, read without parsing its central directory (a zip of millions
+    of empty entries would take gigabytes of memory to list)."""
+    with open(file, "rb") if isinstance(file, Path) else contextlib.nullcontext(file) as f:
+        try:
+            end = zipfile._EndRecData(f)  # the standard library's own reader of the end record (zip64 included)
+        except OSError:
+            return None
+        finally:
+            f.seek(0)
+    return None if end is None else end[zipfile._ECD_ENTRIES_TOTAL]
+
+
+def _screen(entries: list[_Entry], refused: list[Refused]) -> list[_Entry]:
+    """Refuse, with a reason each, names the disk cannot hold as given: a path twice, a file and a folder of the
+    same name, names too long or too deep."""
+    seen: set[tuple[str, ...]] = set()
+    folders = {e.parts[:i] for e in entries for i in range(1, len(e.parts))}
+    kept = []
+    for e in entries:
+        name = "/".join(e.parts)
+        if e.parts in seen:
+            refused.append(Refused(name, "the same path appears twice; the first was kept"))
+        elif e.parts in folders:
+            refused.append(Refused(name, "a file and a folder have this name; the folder was kept"))
+        elif len(e.parts) > MAX_DEPTH or any(len(p.encode()) > MAX_NAME_BYTES for p in e.parts):
+            refused.append(Refused(name[:200], f"its path is deeper than {MAX_DEPTH} folders or a name is longer "
+                                               f"than {MAX_NAME_BYTES} bytes, more than a disk holds"))
+        else:
+            seen.add(e.parts)
+            kept.append(e)
+    return kept
 
 
 def _strip_enclosing_folder(entries: list[_Entry], dirs: set[tuple[str, ...]]):
@@ -257,7 +303,7 @@ def _strip_enclosing_folder(entries: list[_Entry], dirs: set[tuple[str, ...]]):
         (top,) = tops
         if top.lower() in SPLIT_NAMES or not any(len(e.parts) > 2 for e in entries):
             break
-        entries = [_Entry(e.parts[1:], e.open) for e in entries]
+        entries = [_Entry(e.parts[1:], e.open, e.packed) for e in entries]
         dirs = {d[1:] for d in dirs if len(d) > 1 and d[0] == top}
     return entries, dirs
 
@@ -272,6 +318,11 @@ def _hash(entry: _Entry, limits: Limits, total_so_far: int) -> tuple[str, int]:
                 raise DataError(
                     f"{'/'.join(entry.parts)} is larger than the {_gb(limits.max_file_bytes)} per-file limit. "
                     "Remove it or downscale it."
+                )
+            if entry.packed and size > limits.ratio_floor_bytes and size > limits.max_ratio * entry.packed:
+                raise DataError(
+                    f"{'/'.join(entry.parts)} unpacks to more than {limits.max_ratio} times its packed size: a zip "
+                    "bomb, not image data. Nothing was written; zip the real images again."
                 )
             if total_so_far + size > limits.max_total_bytes:
                 raise DataError(
