@@ -39,10 +39,10 @@ def test_cache_is_written_then_reused_and_keyed_by_image_size(data, workspace, t
     assert any("features computed once" in t for t in first.texts)
     files = feature_files(workspace)
     assert len(files) == 1
-    stamp = files[0].stat().st_mtime_ns
+    inode = files[0].stat().st_ino  # written again would be a new file (written aside, then renamed)
     fit(probe_config(data, epochs=2), tmp_path / "b", [second])  # another run, same data and backbone
     assert any("cached features" in t for t in second.texts)
-    assert feature_files(workspace) == files and files[0].stat().st_mtime_ns == stamp
+    assert feature_files(workspace) == files and files[0].stat().st_ino == inode
     bigger = probe_config(data)
     bigger.augment.image_size = 48
     fit(bigger, tmp_path / "c")
@@ -72,3 +72,20 @@ def test_random_augmentation_falls_back_and_says_why(data, workspace, tmp_path):
     fit(config, tmp_path / "run", [messages])
     assert any("fast path off" in t and "augmentation" in t for t in messages.texts)
     assert not feature_files(workspace)
+
+
+def test_the_cache_keeps_to_its_budget_deleting_what_was_used_least_recently(tmp_path, monkeypatch):
+    import os
+
+    from core.train import features
+
+    monkeypatch.setenv("FTLAB_FEATURE_CACHE_MB", "2.5")
+    folder = tmp_path / "features"
+    block = torch.zeros(256, 1024)  # 1 MB of features
+    for i, name in enumerate("abc"):
+        features.write_cache(folder / f"{name}.pt", [f"{name}/{k}.png" for k in range(256)], block)
+        os.utime(folder / f"{name}.pt", (1000 + i, 1000 + i))  # written a second apart
+    assert sorted(f.name for f in folder.iterdir()) == ["b.pt", "c.pt"]  # a, the oldest, went when c came
+    assert features.read_cache(folder / "b.pt", ["b/0.png"]) is not None  # b is used now, c is not
+    features.write_cache(folder / "d.pt", ["d/0.png"], block)
+    assert sorted(f.name for f in folder.iterdir()) == ["b.pt", "d.pt"]  # c, unused longest, went; b stayed

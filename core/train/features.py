@@ -3,11 +3,15 @@
 On a CPU a forward pass costs a fraction of forward + backward, and with a frozen body and no random
 augmentation every epoch would recompute the same features. They are cached on disk, keyed by the data,
 backbone, weights and preprocessing, so a second run (another learning rate, more epochs) starts at once.
+The cache is derived data: past its budget (FTLAB_FEATURE_CACHE_MB) or when the disk runs low, the files used
+least recently are deleted (a later run computes them again).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -23,6 +27,11 @@ from core.data.validation import Dataset
 from core.models.weights import WeightsInfo
 
 Progress = Callable[[int, int], None]
+DISK_RESERVE = 1024**3  # the cache never leaves the disk with less free space than this
+
+
+def cache_budget() -> int:
+    return int(float(os.environ.get("FTLAB_FEATURE_CACHE_MB", "4096")) * 1024**2)
 
 
 def why_not(config: RunConfig) -> str | None:
@@ -83,13 +92,34 @@ def read_cache(path: Path, paths: list[str]) -> tuple[dict[str, int], torch.Tens
         return None
     blob = torch.load(path, weights_only=True)
     index = {p: i for i, p in enumerate(blob["paths"])}
-    return (index, blob["features"]) if all(p in index for p in paths) else None
+    if not all(p in index for p in paths):
+        return None
+    os.utime(path)  # used now: eviction goes by the modification time
+    return index, blob["features"]
 
 
 def write_cache(path: Path, paths: list[str], features: torch.Tensor) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with runs.replace_atomically(path) as tmp:
         torch.save({"paths": paths, "features": features}, tmp)
+    evict_least_recent(path.parent, keep=path)
+
+
+def evict_least_recent(folder: Path, keep: Path) -> list[Path]:
+    """Delete the least recently used cache files until the cache fits its budget and the disk keeps its reserve;
+    `keep` (just written) stays. Returns what was deleted."""
+    files = sorted(folder.glob("*.pt"), key=lambda f: f.stat().st_mtime)
+    total = sum(f.stat().st_size for f in files)
+    limit = min(cache_budget(), total + shutil.disk_usage(folder).free - DISK_RESERVE)
+    deleted = []
+    for f in files:
+        if total <= limit:
+            break
+        if f != keep:
+            total -= f.stat().st_size
+            f.unlink(missing_ok=True)
+            deleted.append(f)
+    return deleted
 
 
 def feature_loader(index: dict[str, int], features: torch.Tensor, samples, batch_size: int, train: bool,
