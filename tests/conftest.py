@@ -15,6 +15,15 @@ HYMENOPTERA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
 
 # Colours far apart, so a few epochs on tiny images learn them: a real signal, not a coin flip.
 COLOURS = [(220, 40, 40), (40, 60, 220), (40, 200, 60), (230, 210, 40), (150, 40, 200)]
+# The head of a script run in a fresh process to measure what one call costs in memory: peak_mb() is the process's
+# own peak (getrusage's would start at the parent's: Linux carries it over exec), restarted from what is resident now.
+PEAK_MB = """
+import json, re, sys
+from pathlib import Path
+def peak_mb():
+    return int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text())[1]) / 1024
+"""
+RESTART_PEAK = 'Path("/proc/self/clear_refs").write_text("5")\nbefore = peak_mb()\n'
 
 
 def image_bytes(colour=(128, 128, 128), size=(32, 32), fmt="PNG", seed=0, mode="RGB") -> bytes:

@@ -412,3 +412,32 @@ def test_to_pil_of_decoded_16bit_image():
     data = high_depth(np.array([[0, 65535, 32768]], dtype=np.uint16))
     img = to_pil(decode_image(data))
     assert [img.getpixel((x, 0)) for x in range(3)] == [(0, 0, 0), (255, 255, 255), (128, 128, 128)]
+
+
+def interlaced_png(width: int, height: int, drop_last_row: bool = False) -> bytes:
+    """An Adam7-interlaced RGB PNG built by hand (Pillow writes none): seven sub-images of filtered rows."""
+    import struct
+    import zlib
+
+    rows = []
+    for x0, y0, dx, dy in [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+                           (0, 1, 1, 2)]:
+        for y in range(y0, height, dy):
+            xs = range(x0, width, dx)
+            if xs:
+                rows.append(b"\0" + bytes(v for x in xs for v in (x * 20 % 256, y * 40 % 256, 90)))
+    raw = b"".join(rows[:-1] if drop_last_row else rows)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 1)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_interlaced_png_is_complete_and_one_missing_row_is_caught():
+    whole = interlaced_png(13, 9)
+    assert inspect_image(whole).width == 13
+    assert decode_image(whole)[:, 8, 12].tolist() == [12 * 20 % 256, 8 * 40 % 256, 90]
+    with pytest.raises(ImageError, match="ends before the last row"):
+        inspect_image(interlaced_png(13, 9, drop_last_row=True))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,10 +60,15 @@ def open_image(source: Source, max_pixels: int = MAX_PIXELS) -> Image.Image:
 def inspect_image(source: Source, max_pixels: int = MAX_PIXELS) -> ImageInfo:
     """Fully decode once (catching truncation and corruption) and describe the image."""
     img = open_image(source, max_pixels)
-    info = ImageInfo(img.width, img.height, img.mode, img.format or "?", getattr(img, "n_frames", 1))
     try:
+        # counting frames walks a whole animation or multi-page TIFF: broken data raises here too
+        info = ImageInfo(img.width, img.height, img.mode, img.format or "?", getattr(img, "n_frames", 1))
         img.draft("RGB", (64, 64))  # JPEG only: decoding at 1/8 scale still reads every byte
         img.load()
+        if img.format == "PNG" and not png_pixels_complete(source):
+            raise ImageError("corrupt or truncated image (its pixel data ends before the last row)")
+    except ImageError:
+        raise
     except Image.DecompressionBombError as exc:  # a frame or tile larger than the header said
         raise ImageError(_bomb_message(max_pixels)) from exc
     except Exception as exc:  # Pillow raises many types for broken files
@@ -70,6 +76,43 @@ def inspect_image(source: Source, max_pixels: int = MAX_PIXELS) -> ImageInfo:
     finally:
         img.close()
     return info
+
+
+def png_pixels_complete(source: Source) -> bool:
+    """Whether a PNG's compressed pixel stream (its IDAT chunks) ends where its header says, after every row.
+    Pillow fills rows missing from a stream cut short with black, without an error, when the chunks around it are
+    whole; a 100-byte file claiming 88 megapixels with one row of data would pass as an image. Unpacked a megabyte
+    at a time and counted, never held."""
+    with open(source, "rb") if not isinstance(source, bytes) else io.BytesIO(source) as f:
+        f.read(8)
+        stream, unpacked, expected = zlib.decompressobj(), 0, None
+        while len(head := f.read(8)) == 8:
+            length, kind = int.from_bytes(head[:4], "big"), head[4:]
+            data = f.read(length) if kind in (b"IHDR", b"IDAT") else f.seek(length, io.SEEK_CUR) and b""
+            f.read(4)  # crc
+            if kind == b"IHDR":
+                expected = _png_stream_bytes(data)
+            elif kind == b"IDAT":
+                while data and not stream.eof:
+                    unpacked += len(stream.decompress(data, 1 << 20))
+                    data = stream.unconsumed_tail
+            elif kind == b"IEND":
+                break
+        return stream.eof and unpacked == expected
+
+
+def _png_stream_bytes(ihdr: bytes) -> int:
+    """Bytes of filtered scanlines a PNG header promises (each row: a filter byte, then its pixels)."""
+    width, height = int.from_bytes(ihdr[0:4], "big"), int.from_bytes(ihdr[4:8], "big")
+    depth, colour, interlaced = ihdr[8], ihdr[9], ihdr[12]
+    bits = depth * {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 1)
+    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+    total = 0
+    for x0, y0, dx, dy in passes if interlaced else [(0, 0, 1, 1)]:  # Adam7: seven sub-images
+        w, h = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if w > 0 and h > 0:
+            total += h * (1 + -(-w * bits // 8))
+    return total
 
 
 def decode_image(source: Source, min_side: int | None = None, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
