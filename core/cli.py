@@ -297,7 +297,7 @@ def _launch_text(kind: str, config: RunConfig, out: Path, master: str) -> str:
     return "\n".join([f"# Save the run's config as {config_file} (on a filesystem every machine shares), then run",
                       "# on each machine its line; machine 0 must be reachable at --master.", "",
                       *launch.commands(config, str(out), master or f"HOST0:{launch.PORT}", config_file),
-                      "", f"# {config_file}:", config.to_json()])
+                      "", f"# {config_file}:", launch.cluster_config(config).to_json()])
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -256,7 +256,7 @@ def test_the_app_follows_stops_and_resumes_a_run_on_two_processes(tmp_path, larg
 def test_cluster_commands_scripts_and_manifests_carry_the_run(tmp_path, data):
     config = probe_config(data)
     config.distributed.nnodes, config.distributed.nproc, config.distributed.max_restarts = 3, 4, 2
-    config.optim.batch_size = 24
+    config.optim.batch_size, config.threads, config.device = 24, 1, "cpu"  # this machine's, not the cluster's
     out = "/shared/runs/exp-1"
     lines = launch.commands(config, out, "10.0.0.5:29500")
     assert len(lines) == 3 and all("--master 10.0.0.5:29500" in line and "--nnodes 3" in line and "--nproc 4" in line
@@ -268,7 +268,8 @@ def test_cluster_commands_scripts_and_manifests_carry_the_run(tmp_path, data):
     assert RunConfig.from_json(embedded).optim.batch_size == 24
     docs = list(yaml.safe_load_all(launch.kubernetes(config, out)))
     configmap, job = docs
-    assert RunConfig.from_json(configmap["data"]["config.json"]).distributed.nnodes == 3
+    shipped = RunConfig.from_json(configmap["data"]["config.json"])
+    assert shipped.distributed.nnodes == 3 and (shipped.threads, shipped.device) == (0, "auto")
     replicas = job["spec"]["pytorchReplicaSpecs"]
     assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 2
     command = replicas["Worker"]["template"]["spec"]["containers"][0]["command"][-1]

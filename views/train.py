@@ -2,6 +2,7 @@
 training view."""
 import copy
 import os
+from pathlib import Path
 
 import streamlit as st
 import torch
@@ -178,7 +179,8 @@ with st.expander("Several processes and machines"):
     commands, slurm, kube = st.tabs(["Commands", "Slurm (sbatch)", "Kubernetes (PyTorchJob)"])
     commands.caption(f"Save the config below as {out}.config.json, then run each line on its machine.")
     commands.code("\n".join(launch.commands(cluster, out, master, f"{out}.config.json")), language="bash")
-    commands.download_button("Download the config (JSON)", cluster.to_json(), file_name="config.json",
+    commands.download_button("Download the config (JSON)", launch.cluster_config(cluster).to_json(),
+                             file_name=f"{Path(out).name}.config.json",
                              mime="application/json", on_click="ignore", key="train-cluster-config")
     slurm.code(launch.sbatch(cluster, out, gpus_per_node=gpus), language="bash")
     kube.code(launch.kubernetes(cluster, out, gpus_per_node=gpus), language="yaml")

@@ -66,11 +66,11 @@ def commands(config: RunConfig, out: str, master: str = f"HOST0:{PORT}", config_
             for r in range(d.nnodes)]
 
 
-def _cluster_config(config: RunConfig) -> str:
+def cluster_config(config: RunConfig) -> RunConfig:
     """The run's config for a cluster's machines: threads and devices are theirs to decide."""
     data = config.to_dict()
     data["threads"], data["device"] = 0, "auto"
-    return RunConfig.from_dict(data).to_json()
+    return RunConfig.from_dict(data)
 
 
 def sbatch(config: RunConfig, out: str, partition: str = "", gpus_per_node: int = 0) -> str:
@@ -90,7 +90,7 @@ def sbatch(config: RunConfig, out: str, partition: str = "", gpus_per_node: int 
         "set -euo pipefail",
         "export HEAD=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)  # hosts the rendezvous",
         f"export RUN_CONFIG={shlex.quote(out + '.config.json')}",
-        "cat > \"$RUN_CONFIG\" <<'CONFIG'", _cluster_config(config), "CONFIG",
+        "cat > \"$RUN_CONFIG\" <<'CONFIG'", cluster_config(config).to_json(), "CONFIG",
         f"export {' '.join(f'{k}={v}' for k, v in ENV.items())}",
         f"srun bash -c {shlex.quote(command)}", ""])
 
@@ -128,7 +128,7 @@ def kubernetes(config: RunConfig, out: str, image: str = "fine-tune-lab:latest",
             - name: data
               persistentVolumeClaim: {{claimName: fine-tune-lab-data}}  # holds DATA and the run folder
 """
-    config_json = "\n".join("    " + line for line in _cluster_config(config).splitlines())
+    config_json = "\n".join("    " + line for line in cluster_config(config).to_json().splitlines())
     workers = replica("Worker", d.nnodes - 1) if d.nnodes > 1 else ""
     return f"""apiVersion: v1
 kind: ConfigMap
