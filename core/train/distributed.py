@@ -6,6 +6,7 @@ the same point of the loop: a process that stopped alone would leave the others 
 """
 from __future__ import annotations
 
+import atexit
 import os
 from datetime import timedelta
 from typing import Iterable
@@ -35,7 +36,15 @@ def setup(device: torch.device) -> torch.device:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT,
                                 device_id=device if device.type == "cuda" else None)
+        atexit.register(_leave)
     return device
+
+
+def _leave() -> None:
+    """Leave the group before the interpreter ends: a process exiting with the group's threads still running can
+    abort ("terminate called without an active exception", SIGABRT), which torchrun takes for a failure."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def world() -> int:
