@@ -265,7 +265,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         os.execve(sys.executable, command, launch.environment(config))  # torchrun starts this command N times
     stop = threading.Event()
     stop_on_signals(stop)  # Ctrl-C stops within one batch and the run stays resumable; a second one at once
-    resume = bool(args.resume) or (distributed.restarted() and (args.out / "checkpoint.pt").is_file())
+    resume = bool(args.resume) or distributed.resumes(args.out)
     result = fit(config, args.out, [] if quiet else [TerminalProgress()], stop, dataset=dataset, resume=resume)
     if quiet and inside:
         return 0

@@ -94,7 +94,7 @@ def run(job_dir: Path) -> int:
     try:
         config = RunConfig.from_dict(spec["config"])
         kind, resume = spec["kind"], bool(spec.get("resume"))
-        resume = resume or (distributed.restarted() and (job_dir / "checkpoint.pt").is_file())
+        resume = resume or distributed.resumes(job_dir)
         if kind == "train":
             result = fit(config, job_dir, [events], stop, resume=resume)
             events.emit("end", status=result.status, error=None, result=None)

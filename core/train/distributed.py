@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import os
 from datetime import timedelta
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -78,8 +79,9 @@ def restarts_left() -> int:
                - int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
 
 
-def restarted() -> bool:
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+def resumes(run_dir: Path) -> bool:
+    """A process torchrun restarted continues the run from its last checkpoint, when one was written."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and (Path(run_dir) / "checkpoint.pt").is_file()
 
 
 def _device() -> torch.device:

@@ -215,8 +215,7 @@ def fit(config: RunConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
     Under torchrun every process calls this; rank 0 alone reports and writes, the others read run_dir only to
     resume (several machines share it, as clusters share a filesystem).
     """
-    distributed.setup(_device(config.device))
-    main = distributed.is_main()
+    main = distributed.is_main()  # torchrun's RANK, before prepare joins the group
     cb = Callbacks(list(callbacks) if main else [])
     stop_event = stop_event or threading.Event()
     run_dir = Path(run_dir)
