@@ -1,9 +1,11 @@
 """Fine-Tune Lab: page config, the shared job registry, the sidebar, navigation. Pages are thin; core/ has the logic."""
 import streamlit as st
 
+from core.accounts import users
 from core.config import RunConfig, workspace_root
 from core.jobs.registry import JobRegistry
 from core.runs import find_run
+from ui import account
 
 st.set_page_config(page_title="Fine-Tune Lab", page_icon=":material/model_training:", layout="wide")
 
@@ -16,14 +18,22 @@ def job_registry() -> JobRegistry:
 
 def starting_config(run_id: str) -> RunConfig:
     """A new session (a reload, a shared link) naming a run starts from that run's settings."""
-    run_dir = find_run(workspace_root() / "runs", run_id)
+    run_dir = find_run(account.workspace() / "runs", run_id)
     try:
         return RunConfig.from_json((run_dir / "config.json").read_text()) if run_dir else RunConfig()
     except ValueError:  # a config.json edited by hand or from another version: start fresh, never crash
         return RunConfig()
 
 
-st.session_state.registry = job_registry()
+account.refuse_open_server()
+user = st.session_state.user = account.signed_in()
+with st.sidebar:
+    project = st.session_state.project = account.project(user)
+if project is None:
+    st.session_state.workspace, st.session_state.registry = workspace_root(), job_registry()
+else:
+    st.session_state.workspace = project.home
+    st.session_state.registry = job_registry().for_project(project.home, user, users.lookup(workspace_root(), project.owner))
 if "config" not in st.session_state:  # what the Model and Train pages edit
     st.session_state.config = starting_config(st.query_params.get("run", ""))
 
@@ -81,5 +91,8 @@ with st.sidebar:
     st.write(f"{config.model.backbone} · {config.model.strategy}")
     st.caption("Training")
     training_status()
+    if project is not None:
+        account.project_settings(user, project)
+        account.sign_out_button(user)
 
 nav.run()

@@ -18,6 +18,7 @@ Exit codes: 0 done, 2 the data or config cannot be used (one line on stderr says
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.train.callbacks import Callback, State
+from core.accounts import users
 from core.config import ConfigError, DistributedConfig, RunConfig, set_setting, settings, workspace_root
 from core.data.images import ImageError
 from core.data.sources import DataError
@@ -150,6 +152,17 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("evaluate", help="recompute a run's held-out predictions and scores from its weights")
     v.add_argument("run_dir", type=Path)
     v.set_defaults(run=cmd_evaluate)
+    u = sub.add_parser("users", help="accounts of a shared server (FTLAB_HOME/users.toml): add or change one "
+                                     "(asks for a password), remove one, or list them")
+    u.add_argument("action", choices=["add", "remove", "list"])
+    u.add_argument("name", nargs="?")
+    u.add_argument("--admin", action=argparse.BooleanOptionalAction, default=None, help="sees every project")
+    u.add_argument("--disk-gb", type=float, help="disk quota for the projects this user owns")
+    u.add_argument("--jobs", type=int, help="jobs running or queued at once")
+    u.add_argument("--no-password", action="store_true",
+                   help="no password (the identity comes from an identity provider or a proxy): admin and quotas only")
+    u.add_argument("--password-stdin", action="store_true", help="read the password from standard input (scripts)")
+    u.set_defaults(run=cmd_users)
     return p
 
 
@@ -545,3 +558,33 @@ class TerminalProgress(Callback):
 
     def on_message(self, text: str, level: str = "info") -> None:
         print(f"{level}: {text}", file=sys.stderr)
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    home = workspace_root()
+    if args.action == "list":
+        found, defaults = users.load(home)
+        print(f"defaults: disk {defaults.disk_gb:g} GB, {defaults.jobs} jobs")
+        for user in found.values():
+            print(f"{user.name}: {'admin, ' if user.admin else ''}disk {user.disk_gb:g} GB, {user.jobs} jobs"
+                  f"{'' if user.password else ', no password'}")
+        return 0
+    if not args.name:
+        print(f"error: users {args.action} needs a user name", file=sys.stderr)
+        return 2
+    if args.action == "remove":
+        users.remove(home, args.name)
+        print(f"removed {args.name} (their projects stay under {home / 'projects' / args.name})")
+        return 0
+    password = None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif not args.no_password:
+        password = getpass.getpass(f"Password for {args.name}: ")
+        if getpass.getpass("Again: ") != password:
+            print("error: the two passwords differ; nothing changed", file=sys.stderr)
+            return 2
+    user = users.put(home, args.name, password, admin=args.admin, disk_gb=args.disk_gb, jobs=args.jobs)
+    print(f"{user.name}: {'admin, ' if user.admin else ''}disk {user.disk_gb:g} GB, {user.jobs} jobs, written to "
+          f"{users.users_file(home)}")
+    return 0

@@ -20,6 +20,11 @@ def at(workspace, monkeypatch):
     return app
 
 
+def uploader(at, kind: str):
+    """The folder or zip uploader now on the page (a new one after each dataset loads: the old files are dropped)."""
+    return at.file_uploader(key=f"{kind}-{at.session_state['uploads'] if 'uploads' in at.session_state else 0}")
+
+
 def folder_upload(spec: dict[str, int], top="photos"):
     return [(f"{top}/{name}/{i}.png", image_bytes(COLOURS[c], seed=c * 100 + i), "image/png")
             for c, (name, n) in enumerate(spec.items()) for i in range(n)]
@@ -30,7 +35,7 @@ def button(at, label):
 
 
 def test_folder_upload_shows_the_report(at):
-    at.file_uploader(key="folder").set_value(folder_upload({"cat": 6, "dog": 6})).run()
+    uploader(at, "folder").set_value(folder_upload({"cat": 6, "dog": 6})).run()
     button(at, "Use this folder").click().run()
     assert not at.exception and not at.error
     assert at.query_params["data"]
@@ -46,7 +51,7 @@ def test_zip_upload_with_mess_lists_what_was_skipped(at):
             z.writestr(name, data)
         z.writestr("set/ants/notes.jpg", b"this is text")
         z.writestr("../../evil.png", image_bytes())
-    at.file_uploader(key="zip").set_value([("set.zip", buf.getvalue(), "application/zip")]).run()
+    uploader(at, "zip").set_value([("set.zip", buf.getvalue(), "application/zip")]).run()
     button(at, "Use this zip").click().run()
     assert not at.exception
     assert {m.label: m.value for m in at.metric}["Skipped"] == "2"
@@ -63,17 +68,17 @@ def litter_zip():
     return [("litter.zip", buf.getvalue(), "application/zip")]
 
 
-@pytest.mark.parametrize("uploader, label, upload, message", [
+@pytest.mark.parametrize("kind, label, upload, message", [
     ("folder", "Use this folder", lambda: folder_upload({"only": 6}), "Only one class"),
     ("zip", "Use this zip", litter_zip, "no files"),
     ("zip", "Use this zip", lambda: [("bad.zip", b"PK\x03\x04 broken", "application/zip")], "damaged"),
 ])
-def test_bad_uploads_say_what_to_do_and_the_page_stays_usable(at, uploader, label, upload, message):
-    at.file_uploader(key=uploader).set_value(upload()).run()
+def test_bad_uploads_say_what_to_do_and_the_page_stays_usable(at, kind, label, upload, message):
+    uploader(at, kind).set_value(upload()).run()
     button(at, label).click().run()
     assert not at.exception
     assert any(message in e.value for e in at.error)
-    at.file_uploader(key="folder").set_value(folder_upload({"a": 5, "b": 5})).run()  # still usable
+    uploader(at, "folder").set_value(folder_upload({"a": 5, "b": 5})).run()  # still usable
     button(at, "Use this folder").click().run()
     assert not at.exception and {m.label: m.value for m in at.metric}["Classes"] == "2"
 
@@ -109,7 +114,7 @@ def good(top="set", spec=None):
     return {path: data for path, data, _ in folder_upload(spec or {"ants": 5, "bees": 5}, top=top)}
 
 
-@pytest.mark.parametrize("uploader, upload, skipped", [
+@pytest.mark.parametrize("kind, upload, skipped", [
     ("folder", lambda: folder_upload({"ants": 5, "bees": 5}) + [("photos/ants/empty.png", b"", "image/png"),
                                                                ("photos/bees/cut.png", image_bytes()[:60], "image/png")],
      {"ants/empty.png": "empty", "bees/cut.png": "truncated"}),
@@ -119,9 +124,9 @@ def good(top="set", spec=None):
      {"bees/bomb.png": "too large"}),
 ])
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's notice; the page refuses it
-def test_bad_files_are_skipped_with_a_reason_through_the_page(at, uploader, upload, skipped):
-    at.file_uploader(key=uploader).set_value(upload()).run()
-    button(at, "Use this folder" if uploader == "folder" else "Use this zip").click().run()
+def test_bad_files_are_skipped_with_a_reason_through_the_page(at, kind, upload, skipped):
+    uploader(at, kind).set_value(upload()).run()
+    button(at, "Use this folder" if kind == "folder" else "Use this zip").click().run()
     assert not at.exception and not at.error
     assert {m.label: m.value for m in at.metric}["Classes"] == "2"
     table = at.dataframe[0].value
@@ -136,14 +141,14 @@ def test_bad_files_are_skipped_with_a_reason_through_the_page(at, uploader, uplo
     (lambda: zip_upload({"set/ants/": b"", **{k: v for k, v in good().items() if "/ants/" not in k}}), "one class"),
 ])
 def test_bad_zips_are_refused_through_the_page(at, upload, message):
-    at.file_uploader(key="zip").set_value(upload()).run()
+    uploader(at, "zip").set_value(upload()).run()
     button(at, "Use this zip").click().run()
     assert not at.exception
     assert any(message in e.value.lower() for e in at.error), [e.value for e in at.error]
 
 
 def test_names_with_spaces_and_accents_become_classes(at):
-    at.file_uploader(key="folder").set_value(folder_upload({"café au lait": 5, "ñandú 2": 5})).run()
+    uploader(at, "folder").set_value(folder_upload({"café au lait": 5, "ñandú 2": 5})).run()
     button(at, "Use this folder").click().run()
     assert not at.exception and not at.error
     assert any("**café au lait**" in m.value for m in at.markdown)
@@ -159,7 +164,7 @@ def png_bomb() -> bytes:
 def test_groups_set_on_the_data_page_keep_each_patient_in_one_split_for_every_seed(at):
     upload = [(f"scans/{name}/P{c}{p}_slice{i}.png", image_bytes(COLOURS[c], seed=c * 100 + p * 10 + i), "image/png")
               for c, name in enumerate(("benign", "tumour")) for p in range(5) for i in range(3)]
-    at.file_uploader(key="folder").set_value(upload).run()
+    uploader(at, "folder").set_value(upload).run()
     button(at, "Use this folder").click().run()
     at.radio(key="data-groups").set_value("pattern").run()
     assert not at.exception and not at.error

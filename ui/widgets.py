@@ -78,6 +78,18 @@ def pick_run(runs: list[dict], label: str, key: str, describe) -> dict:
     return by_id[run_id]
 
 
+def release_uploads(files: list) -> None:
+    """Drop uploaded files from the server's memory once their bytes are on disk: Streamlit keeps every upload
+    in memory until the session ends (its issues 9218, 12607), which a shared server cannot afford."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    manager = getattr(ctx, "uploaded_file_mgr", None)
+    for file in files:
+        if manager is not None and hasattr(manager, "remove_file") and getattr(file, "file_id", None):
+            manager.remove_file(session_id=ctx.session_id, file_id=file.file_id)
+
+
 def set_url(name: str, value: str) -> None:
     """Put the dataset or run into the URL and the session (app.py restores it after a page switch)."""
     st.query_params[name] = value

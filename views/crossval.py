@@ -5,7 +5,7 @@ import copy
 import pandas as pd
 import streamlit as st
 
-from core.config import workspace_root
+from ui.account import workspace
 from core.data.sources import DataError, stored
 from core.data.validation import open_dataset
 from core.experiments import crossval
@@ -19,7 +19,7 @@ from ui.widgets import (calibration_view, group_settings, job_progress, missing_
 st.title("Cross-validation")
 registry = st.session_state.registry
 config = st.session_state.config
-root = workspace_root() / "cv"
+root = workspace() / "cv"
 
 
 def studies() -> list[str]:
@@ -53,8 +53,8 @@ def new_cv() -> None:
                                           "folder in the data is used as it is.")
     base.data.fold = 0
     try:
-        group_settings(base.data, stored(workspace_root(), key).root, "cv")
-        dataset = open_dataset(key, workspace_root(), base.data)
+        group_settings(base.data, stored(workspace(), key).root, "cv")
+        dataset = open_dataset(key, workspace(), base.data)
     except (DataError, ValueError) as exc:
         st.error(str(exc))
         return

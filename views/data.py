@@ -10,14 +10,16 @@ import streamlit as st
 
 from ui import charts
 from core.config import RunConfig, workspace_root
+from ui.account import over_quota, workspace
 from core.evaluate import leakage
 from core.data.images import IMAGE_EXTENSIONS, ImageError, decode_image, to_pil
 from core.data.sample_data import describe, write_sample
 from core.data.sources import DataError, server_folder, stored
 from core.data.validation import load_dataset, open_dataset
-from ui.widgets import group_settings, set_url
+from core.jobs.registry import JobError
+from ui.widgets import group_settings, release_uploads, set_url
 
-SERVER_ROOT = Path(os.environ.get("FTLAB_DATA_ROOT", workspace_root() / "server-data"))
+SERVER_ROOT = Path(os.environ.get("FTLAB_DATA_ROOT", workspace_root() / "server-data"))  # the lab's, shared
 THUMBS_PER_CLASS = 8
 PAIRS_SHOWN = 20  # with thumbnails; the rest in a table
 
@@ -26,11 +28,14 @@ st.write("One subfolder per class (`cats/1.jpg`, `dogs/2.png`), or `train/`, `va
          "each holding class subfolders. Every image is checked; nothing you upload leaves this machine.")
 
 
-def load(source, what: str) -> None:
+def load(source, what: str, size: int = 0) -> None:
     """Copy, check, remember in the URL; every problem becomes a message, never a crash."""
+    if refused := over_quota(size):
+        st.error(refused)
+        return
     bar = st.progress(0.0, text=f"Checking {what}...")
     try:
-        dataset = load_dataset(source, workspace_root(), st.session_state.config.data,
+        dataset = load_dataset(source, workspace(), st.session_state.config.data,
                                progress=lambda done, total: bar.progress(done / total, text=f"Checked {done}/{total} files"))
     except (DataError, ImageError) as exc:
         bar.empty()
@@ -38,20 +43,24 @@ def load(source, what: str) -> None:
         return
     bar.empty()
     set_url("data", dataset.key)
+    uploads = source if isinstance(source, list) else [source]
+    release_uploads([f for _, f in uploads] if isinstance(source, list) else uploads)
+    st.session_state["uploads"] = st.session_state.get("uploads", 0) + 1  # fresh upload widgets: the old files are gone
     st.rerun()  # the sidebar, drawn before this page, shows the new dataset too
 
 
+uploads = st.session_state.get("uploads", 0)
 folder_tab, zip_tab, server_tab, sample_tab = st.tabs(["Upload a folder", "Upload a zip", "Folder on the server",
                                                        "Sample data"])
 with folder_tab:
     files = st.file_uploader("Choose a folder", accept_multiple_files="directory",
-                             type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS), key="folder")
+                             type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS), key=f"folder-{uploads}")
     if files and st.button("Use this folder", type="primary"):
-        load([(f.name, f) for f in files], f"{len(files)} files")  # read in chunks, never copied whole
+        load([(f.name, f) for f in files], f"{len(files)} files", sum(f.size for f in files))  # read in chunks
 with zip_tab:
-    archive = st.file_uploader("Choose a zip", type=["zip"], key="zip")
+    archive = st.file_uploader("Choose a zip", type=["zip"], key=f"zip-{uploads}")
     if archive is not None and st.button("Use this zip", type="primary"):
-        load(archive, archive.name)
+        load(archive, archive.name, archive.size)
 with server_tab:
     st.caption(f"Folders under `{SERVER_ROOT}` (set FTLAB_DATA_ROOT to change it), for data too big to upload.")
     relative = st.text_input("Folder, relative to that root", placeholder="my-project/images")
@@ -80,8 +89,8 @@ split.test_ratio = c2.slider("Test share", 0.0, 0.4, split.test_ratio, 0.05, hel
 split.split_seed = int(c3.number_input("Split seed", 0, 10_000, split.split_seed,
                                        help="The same seed gives the same split.", key="data-split-seed"))
 try:
-    group_settings(split, stored(workspace_root(), key).root, "data")
-    dataset = open_dataset(key, workspace_root(), split)
+    group_settings(split, stored(workspace(), key).root, "data")
+    dataset = open_dataset(key, workspace(), split)
 except (DataError, ValueError) as exc:
     st.error(str(exc))
     st.stop()
@@ -207,8 +216,12 @@ def near_duplicates() -> None:
     if st.button("Look for near-duplicates" if done is None else "Check again", key="leakage-start",
                  help="Runs every image through the default backbone once (cached: training with it reuses the "
                       "features); a minute or two per thousand images on a small CPU."):
-        st.session_state["leakage-job"] = registry.near_duplicates(copy.deepcopy(check))
-        st.rerun()  # the fragment polls from the next full run
+        try:
+            st.session_state["leakage-job"] = registry.near_duplicates(copy.deepcopy(check))
+        except JobError as exc:  # over a quota on a shared server
+            st.error(str(exc))
+        else:
+            st.rerun()  # the fragment polls from the next full run
     result = leakage.read(done) if done else None
     if result:
         show_pairs(result)

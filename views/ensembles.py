@@ -3,7 +3,7 @@ with each member on the held-out images they share; download one graph that runs
 import pandas as pd
 import streamlit as st
 
-from core.config import workspace_root
+from ui.account import workspace
 from core.deploy import ensemble_export
 from core.evaluate import ensemble
 from core.jobs.registry import JobError
@@ -13,12 +13,12 @@ from ui.widgets import job_progress, missing_link, pick_from_url, rerun_when_don
 
 st.title("Ensembles")
 registry = st.session_state.registry
-root = workspace_root() / "ensembles"
-cv_root = workspace_root() / "cv"
+root = workspace() / "ensembles"
+cv_root = workspace() / "cv"
 
 
 def new_ensemble() -> None:
-    runs = [r for r in list_runs(workspace_root() / "runs") if (r["run_dir"] / "model.safetensors").is_file()]
+    runs = [r for r in list_runs(workspace() / "runs") if (r["run_dir"] / "model.safetensors").is_file()]
     cvs = sorted((p.parent.name for p in cv_root.glob("*/cv.json")
                   if read_json(p, {}).get("status") == "finished"), reverse=True)
     wanted = st.query_params.get("cv")

@@ -12,7 +12,7 @@ from streamlit.runtime.uploaded_file_manager import UploadedFile
 from core.models import backbones
 from core.models import strategies
 from core.models import weights
-from core.config import workspace_root
+from ui.account import current_user, workspace
 from core.data.validation import open_dataset
 
 st.title("Model")
@@ -35,7 +35,7 @@ def dataset_classes() -> tuple[int, str]:
     if not key:
         return ASSUMED_CLASSES, "No dataset is loaded yet"
     try:
-        n = len(open_dataset(key, workspace_root(), config.data).classes)
+        n = len(open_dataset(key, workspace(), config.data).classes)
     except ValueError as exc:  # DataError too
         return ASSUMED_CLASSES, f"The dataset could not be opened ({exc})"
     return (n, "") if n >= 2 else (ASSUMED_CLASSES, "The dataset has fewer than two classes")
@@ -120,9 +120,13 @@ st.caption(f"{no_dataset}: the head's size assumes {num_classes} classes." if no
 with st.expander("Import a weights file for this backbone"):
     upload = st.file_uploader("A .safetensors or .pth state dict (only tensors are read; pickled code is refused)",
                               type=["safetensors", "pth", "pt"], max_upload_size=2048)
-    install = st.checkbox("Also install it as this backbone's pretrained weights (torchvision backbones)")
+    install = current_user().admin and st.checkbox(
+        "Also install it as this backbone's pretrained weights (torchvision backbones), for every later run")
+    if not current_user().admin:
+        st.caption("Only an admin can install weights that every user's runs would start from; this file is used "
+                   "for your runs in this project.")
     if upload is not None and st.button("Check and use it"):
-        target = save_upload(upload, workspace_root() / "imported")
+        target = save_upload(upload, workspace() / "imported")
         try:
             weights.match_state(backbone, weights.read_state_file(target))
             if install:

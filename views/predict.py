@@ -7,7 +7,7 @@ import streamlit as st
 import torch
 
 from core.data.augment import denormalize
-from core.config import workspace_root
+from ui.account import workspace
 from core.data.images import IMAGE_EXTENSIONS, to_pil
 from core.evaluate.ensemble import EnsemblePredictor, list_ensembles, stamp
 from core.evaluate.predict import predictions_csv, top_k, uncertain_below
@@ -24,8 +24,8 @@ def ensemble_predictor(folder: str, version: float) -> EnsemblePredictor:
 
 
 st.title("Predict")
-runs = [r for r in list_runs(workspace_root() / "runs") if (r["run_dir"] / "model.safetensors").is_file()]
-ensembles = list_ensembles(workspace_root() / "ensembles")
+runs = [r for r in list_runs(workspace() / "runs") if (r["run_dir"] / "model.safetensors").is_file()]
+ensembles = list_ensembles(workspace() / "ensembles")
 if not runs and not ensembles:
     st.info("No trained model yet: train one on the Train page.")
     st.stop()

@@ -7,7 +7,7 @@ from core.evaluate import heldout
 from core.evaluate import saliency
 from core.evaluate.predict import calibration_of
 from core.data.augment import denormalize
-from core.config import workspace_root
+from ui.account import workspace
 from core.data.images import ImageError, to_pil
 from core.deploy.model_card import confusions
 from core.runs import list_runs, load_run
@@ -17,7 +17,7 @@ GALLERY = 12
 
 st.title("Results")
 registry = st.session_state.registry
-runs = list_runs(workspace_root() / "runs")
+runs = list_runs(workspace() / "runs")
 if not runs:
     st.info("No runs yet: start one on the Train page.")
     st.stop()

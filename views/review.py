@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.config import workspace_root
+from ui.account import workspace
 from core.data import overrides
 from core.data.sources import DataError
 from core.evaluate import label_review
@@ -16,7 +16,7 @@ PAGE = 12
 PER_ROW = 3
 
 st.title("Label review")
-root = workspace_root() / "cv"
+root = workspace() / "cv"
 finished = sorted((p.name for p in root.glob("*") if (p / crossval.CV_FILE).is_file()
                    and (p / crossval.OOF_FILE).is_file()), reverse=True)
 wanted = st.query_params.get("cv", "")
@@ -68,7 +68,7 @@ if oof:
     st.caption(f"{summary['k']} folds · {oof['images']} images predicted out of fold · accuracy {oof['acc']:.1%}")
 
 try:
-    dataset = label_review.dataset_of(cv_dir, workspace_root())
+    dataset = label_review.dataset_of(cv_dir, workspace())
     review = overrides.read(dataset.root)
 except DataError as exc:
     st.error(f"The images of this cross-validation cannot be shown or corrected: {exc}")

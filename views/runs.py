@@ -5,14 +5,15 @@ import pandas as pd
 import streamlit as st
 
 from ui import charts
-from core.config import RunConfig, workspace_root
+from core.config import RunConfig
+from ui.account import workspace
 from core.jobs.registry import JobError
 from core.runs import delete_run, list_runs, load_run
 from ui.widgets import set_url
 
 st.title("Runs")
 registry = st.session_state.registry
-root = workspace_root() / "runs"
+root = workspace() / "runs"
 runs = list_runs(root)
 if not runs:
     st.info("No runs yet: start one on the Train page.")

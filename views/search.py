@@ -6,7 +6,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.config import ConfigError, workspace_root
+from core.config import ConfigError
+from ui.account import workspace
 from core.data.sources import DataError
 from core.data.validation import open_dataset
 from core.experiments import search
@@ -21,7 +22,7 @@ from ui.widgets import job_progress, missing_link, pick_from_url, rerun_when_don
 st.title("Hyperparameter search")
 registry = st.session_state.registry
 config = st.session_state.config
-root = workspace_root() / "searches"
+root = workspace() / "searches"
 
 
 def searches() -> list[str]:
@@ -67,7 +68,7 @@ def new_search() -> None:
         st.page_link("views/data.py", label="Go to Data", icon=":material/folder:")
         return
     try:
-        dataset = open_dataset(key, workspace_root(), config.data)
+        dataset = open_dataset(key, workspace(), config.data)
     except (DataError, ValueError) as exc:
         st.error(str(exc))
         return
@@ -159,7 +160,7 @@ def follow(search_id: str) -> None:
     if doc.get("best_params"):
         st.subheader(f"Best trial: {doc['best_trial']}")
         st.json(doc["best_params"])
-        if doc.get("best_run") and find_run(workspace_root() / "runs", Path(doc["best_run"]).name):
+        if doc.get("best_run") and find_run(workspace() / "runs", Path(doc["best_run"]).name):
             st.page_link("views/results.py", label="Open the best trial's run", icon=":material/insights:",
                          query_params={"run": Path(doc["best_run"]).name})
         if st.button("Train the best trial as a run", type="primary", key="search-best",

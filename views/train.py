@@ -10,7 +10,7 @@ import torch
 from core.models import backbones
 from ui import charts
 from core.data.augment import preview
-from core.config import workspace_root
+from ui.account import workspace
 from core.train.engine import MONITORS
 from core.models.inference import ENGINES
 from core.train.precision import PRECISIONS
@@ -19,6 +19,7 @@ from core.train.schedules import SCHEDULES
 from core.data.sources import DataError
 from core.data.validation import open_dataset
 from core.jobs import launch
+from core.jobs.registry import JobError
 from ui.widgets import confusion_view, downloads, set_url
 
 st.title("Train")
@@ -77,7 +78,7 @@ if not key:
         live()
     st.stop()
 try:
-    dataset = open_dataset(key, workspace_root(), config.data)
+    dataset = open_dataset(key, workspace(), config.data)
 except (DataError, ValueError) as exc:
     st.error(str(exc))
     st.stop()
@@ -190,8 +191,12 @@ with st.expander("Several processes and machines"):
 def lr_sweep() -> None:
     """The learning-rate finder is a job like training: it runs in a worker, shows progress and can be stopped."""
     if st.button("Find a learning rate", help="A short sweep on exactly what Start would train; about a minute."):
-        st.session_state["lr-job"] = registry.lr_find(copy.deepcopy(config), steps=60)
-        st.rerun(scope="fragment")
+        try:
+            st.session_state["lr-job"] = registry.lr_find(copy.deepcopy(config), steps=60)
+        except JobError as exc:  # over a quota on a shared server
+            st.error(str(exc))
+        else:
+            st.rerun(scope="fragment")
     snap = registry.snapshot(st.session_state.get("lr-job", ""))
     if snap is None:
         return
@@ -223,8 +228,12 @@ if not dataset.report.trainable:
 elif o.batch_size % d.nproc:
     st.error(f"The batch size ({o.batch_size}) does not split evenly over {d.nproc} processes: change either.")
 elif st.button("Start training", type="primary"):
-    set_url("run", registry.submit(copy.deepcopy(config)))
-    st.rerun()  # from the top: the live view polls, the sidebar shows the job (a queued one says so there)
+    try:
+        set_url("run", registry.submit(copy.deepcopy(config)))
+    except JobError as exc:  # several machines, or over a quota on a shared server
+        st.error(str(exc))
+    else:
+        st.rerun()  # from the top: the live view polls, the sidebar shows the job (a queued one says so there)
 
 if st.query_params.get("run"):
     live()

@@ -23,7 +23,8 @@ from torch import nn
 
 from core.models import backbones
 from core import runs
-from core.config import RunConfig, workspace_root
+from core.accounts.projects import home_of
+from core.config import RunConfig
 from core.data.images import ImageError, Source
 
 PACKAGE_FILES = ("classes.json", "config.json", "metrics.jsonl", "confusion_matrix.json")
@@ -270,7 +271,7 @@ def dataset_images(run_dir: Path, n: int = VERIFY_IMAGES) -> list[Path]:
     config = runs.read_json(Path(run_dir) / "config.json", {})
     candidates = []
     try:
-        candidates.append(stored(workspace_root(), str(config.get("provenance", {}).get("dataset", {}).get("key"))).data_dir)
+        candidates.append(stored(home_of(run_dir), str(config.get("provenance", {}).get("dataset", {}).get("key"))).data_dir)
     except DataError:
         pass
     if source := config.get("data", {}).get("source"):

@@ -88,13 +88,13 @@ def after_fit(run_dir: Path, net: nn.Module, loaders: dict, dataset: Dataset, de
 
 def evaluate_run(run_dir: Path, dataset: Dataset | None = None) -> dict[str, Any]:
     """Recompute predictions.jsonl and results.json from the run's weights and its dataset copy."""
-    from core.config import workspace_root
+    from core.accounts.projects import home_of
     from core.evaluate.predict import Predictor
     from core.data.validation import load_dataset
 
     predictor = Predictor.load(run_dir)
     if dataset is None:
-        dataset = load_dataset(predictor.config.data.source, workspace_root(), predictor.config.data)
+        dataset = load_dataset(predictor.config.data.source, home_of(run_dir), predictor.config.data)
     probs = {}
     for split in SPLITS:
         samples = dataset.split(split)

@@ -92,6 +92,8 @@ class Job:
                  steps: int = 0):
         self.id, self.kind, self.config, self.dir = job_id, kind, config, Path(job_dir)
         self.resume, self.steps = resume, steps
+        self.user = ""  # who started it, on a shared server (their job quota)
+        self.home: Path | None = None  # its project's workspace, on a shared server (the worker's FTLAB_HOME)
         self._lock = threading.Lock()
         self._status = "queued"
         self._progress: dict[str, Any] = {}

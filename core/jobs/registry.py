@@ -7,6 +7,7 @@ that are still running.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import secrets
@@ -14,6 +15,9 @@ import threading
 import time
 from pathlib import Path
 
+from core.accounts import quotas
+from core.accounts.projects import PROJECTS
+from core.accounts.users import User
 from core.config import DistributedConfig, RunConfig
 from core.evaluate import ensemble
 from core.experiments import search
@@ -35,12 +39,23 @@ def max_jobs() -> int:
     return max(1, int(os.environ.get("FTLAB_MAX_JOBS", "1")))
 
 
+def job_roots(home: Path) -> dict[str, Path]:
+    """Every kind of job has its folder beside the runs: sweeps, searches and cross-validations are not runs."""
+    return {"train": Path(home) / "runs"} | {kind: Path(home) / name for kind, name in JOB_FOLDERS.items()}
+
+
 class JobRegistry:
+    """One queue and one set of workers for the whole server. On a shared server each session works through
+    `for_project`: a view with the project's folders and the user's quotas, which sees only that project's jobs."""
+
     def __init__(self, runs_root: Path, max_running: int | None = None, keep_finished: int = 20,
                  threads: int | None = None):
         self.runs_root = Path(runs_root)
-        # Every kind of job has its folder beside the runs: sweeps, searches and cross-validations are not runs.
-        self.roots = {"train": self.runs_root} | {kind: self.runs_root.parent / name for kind, name in JOB_FOLDERS.items()}
+        self.home = self.runs_root.parent
+        self.roots = job_roots(self.home)
+        self.user: User | None = None  # in a project's view: who submits, and the project's owner
+        self.owner: User | None = None
+        self.scoped = False
         self.max_running = max_running or max_jobs()
         self.keep_finished = keep_finished
         # Each worker's share of the cores, fixed so a run computes the same alone or beside another job.
@@ -51,6 +66,18 @@ class JobRegistry:
         self._running: set[str] = set()
         self._reattach()
 
+    def for_project(self, home: Path, user: User, owner: User) -> "JobRegistry":
+        """The same queue and workers (shared, not copied), this project's folders, the job quota of the user
+        and the disk quota of the project's owner."""
+        view = copy.copy(self)
+        view.home, view.runs_root, view.roots = Path(home), Path(home) / "runs", job_roots(home)
+        view.user, view.owner, view.scoped = user, owner, True
+        return view
+
+    def owns(self, job_dir: Path) -> bool:
+        """Whether a job folder belongs to this view's project (every job's folder is HOME/KIND/ID)."""
+        return not self.scoped or Path(job_dir).resolve().parent.parent == self.home.resolve()
+
     def submit(self, config: RunConfig, resume_dir: Path | None = None) -> str:
         """Queue a run (or the resumption of one); returns its id, which is also its run folder's name. A run on
         several processes (config.distributed.nproc) runs under torchrun on this machine."""
@@ -60,6 +87,7 @@ class JobRegistry:
         if not config.threads:
             config.threads = self.threads
         if resume_dir is not None:
+            self._check_owned(Path(resume_dir))
             job_id = Path(resume_dir).name
             with self._lock:
                 known = self._jobs.get(job_id)
@@ -85,6 +113,7 @@ class JobRegistry:
         config = _one_process(config)
         if not config.threads:
             config.threads = max(1, self.threads // options.workers)
+        self._admit()
         job_id = _new_id()
         search.create(config, options, self.roots["search"] / job_id)
         return self._enqueue(Job(job_id, "search", config, self.roots["search"] / job_id))
@@ -110,6 +139,7 @@ class JobRegistry:
     def resume(self, kind: str, job_dir: Path) -> str:
         """Continue a stopped or interrupted search or cross-validation from its folder."""
         job_dir = Path(job_dir)
+        self._check_owned(job_dir)
         with self._lock:
             known = self._jobs.get(job_dir.name)
         if (known and known.snapshot().active) or live_worker(job_dir):
@@ -124,6 +154,7 @@ class JobRegistry:
     def ensemble(self, members: list[Path]) -> str:
         """Combine runs (or a cross-validation's folds) now, refusing mismatched classes here; the job then scores
         it and builds its TorchScript and ONNX graphs, each checked against the members."""
+        self._admit()
         job_id = _new_id()
         folder = self.roots["ensemble"] / job_id
         spec = ensemble.create(members, folder)
@@ -134,12 +165,14 @@ class JobRegistry:
     def snapshot(self, job_id: str) -> Snapshot | None:
         with self._lock:
             job = self._jobs.get(job_id)
+            if job and not self.owns(job.dir):
+                return None
             position = self._queue.index(job_id) + 1 if job_id in self._queue else 0
         return job.snapshot(position) if job else None
 
     def snapshots(self) -> list[Snapshot]:
         with self._lock:
-            ids = list(self._jobs)
+            ids = [i for i, job in self._jobs.items() if self.owns(job.dir)]
         return [s for s in (self.snapshot(i) for i in ids) if s is not None]
 
     def active(self, kind: str | None = "train") -> list[Snapshot]:
@@ -150,6 +183,8 @@ class JobRegistry:
         """Stop a running job within one batch (killed after a grace period); a queued one never starts."""
         with self._lock:
             job = self._jobs.get(job_id)
+            if job and not self.owns(job.dir):  # another project's job reads as unknown
+                return
             queued = job_id in self._queue
             if queued:
                 self._queue.remove(job_id)
@@ -160,7 +195,26 @@ class JobRegistry:
         else:
             job.request_stop()
 
+    def _check_owned(self, job_dir: Path) -> None:
+        if not self.owns(job_dir):
+            raise JobError(f"There is no {job_dir.name} in this project.")
+
+    def _admit(self) -> None:
+        """A project's view refuses work past its user's job quota or its owner's disk quota."""
+        if not self.scoped:
+            return
+        with self._lock:
+            jobs = [j for j in self._jobs.values() if j.user == self.user.name]
+        try:
+            quotas.check_jobs(self.user, sum(1 for j in jobs if j.snapshot().active))
+            quotas.check_disk(self.home.parent.parent.parent, self.owner)  # home = ROOT/projects/OWNER/NAME
+        except quotas.QuotaError as exc:
+            raise JobError(str(exc)) from None
+
     def _enqueue(self, job: Job) -> str:
+        self._admit()
+        if self.scoped:
+            job.user, job.home = self.user.name, self.home
         job.dir.mkdir(parents=True, exist_ok=True)
         with self._lock:
             self._jobs[job.id] = job
@@ -188,8 +242,9 @@ class JobRegistry:
             del self._jobs[job.id]
 
     def _reattach(self) -> None:
-        """Follow the workers an earlier server started and that are still running."""
-        for root in self.roots.values():
+        """Follow the workers an earlier server started and that are still running, in every project."""
+        homes = [self.home] + sorted(p.parent for p in (self.home / PROJECTS).glob("*/*/project.json"))
+        for root in (r for home in homes for r in job_roots(home).values()):
             for info in sorted(root.glob(f"*/{WORKER_FILE}")) if root.is_dir() else ():
                 job_dir = info.parent
                 pid = live_worker(job_dir)
@@ -198,6 +253,7 @@ class JobRegistry:
                     continue
                 job = Job(job_dir.name, spec["kind"], RunConfig.from_dict(spec["config"]), job_dir,
                           resume=spec.get("resume", False), steps=spec.get("steps", 0))
+                job.user, job.home = spec.get("user", ""), job_dir.parent.parent if spec.get("user") else None
                 job.attached(pid)  # running from the first snapshot on, not "queued" until the thread runs
                 with self._lock:
                     self._jobs[job.id] = job

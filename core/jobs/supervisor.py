@@ -45,7 +45,7 @@ def live_worker(job_dir: Path) -> int | None:
 
 def start_worker(job: Job) -> subprocess.Popen:
     write_json(job.dir / JOB_FILE, {"kind": job.kind, "config": job.config.to_dict(), "resume": job.resume,
-                                    "steps": job.steps})
+                                    "steps": job.steps, "user": job.user})
     for stale in (EVENTS, STOP_FILE):
         (job.dir / stale).unlink(missing_ok=True)
     command, env = [sys.executable, "-m", "core", "worker", str(job.dir)], None
@@ -53,6 +53,8 @@ def start_worker(job: Job) -> subprocess.Popen:
     if job.kind == "train" and launch.needs_torchrun(d):
         command = launch.torchrun(d, job.id) + command[1:]
         env = launch.environment(job.config)
+    if job.home is not None:  # a project's job reads and writes that project's workspace only
+        env = (env or dict(os.environ)) | {"FTLAB_HOME": str(job.home)}
     with open(job.dir / "worker.log", "ab") as log:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
