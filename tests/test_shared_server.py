@@ -268,3 +268,17 @@ def test_the_users_command_writes_accounts_an_admin_can_list(tmp_path):
     short = subprocess.run([sys.executable, "-m", "core", "users", "add", "ivan", "--password-stdin"], input="short\n",
                            capture_output=True, text=True, cwd=ROOT, env=env)
     assert short.returncode == 2 and "at least 8 characters" in short.stderr
+
+
+def test_with_an_identity_provider_the_session_is_the_signed_in_email(home, lab):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.secrets["auth"] = {"client_id": "lab", "client_secret": "x", "redirect_uri": "http://localhost:8501/oauth2callback",
+                          "cookie_secret": "y", "server_metadata_url": "https://idp.example/.well-known/openid-configuration"}
+    at.user = {"is_logged_in": False}
+    at.run()
+    assert [b.label for b in at.button] == ["Sign in"] and not at.selectbox and not at.text_input
+    at.user = {"is_logged_in": True, "email": "dora@lab.example", "sub": "123"}
+    at.run()
+    assert not at.exception and at.selectbox(key="project-pick").value == "dora@lab.example/main"
+    assert (home / "projects" / "dora@lab.example" / "main" / "project.json").is_file()
+    assert any(b.label == "Sign out" for b in at.sidebar.button)

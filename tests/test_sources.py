@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import time
 import unicodedata
 import zipfile
 from pathlib import Path
@@ -479,3 +481,43 @@ def test_a_stored_dataset_reopens_by_key(two_class_folder, workspace):
     for bad in ("../../etc", "0" * 20):
         with pytest.raises(DataError):
             stored(workspace, bad)
+
+
+def test_a_full_disk_evicts_server_copies_least_recently_used_and_they_come_back(tmp_path, monkeypatch):
+    """Copies of server folders are evicted oldest-used first when the disk would keep under its reserve; an
+    upload (no other copy) stays; opening an evicted dataset, or training on its copy's path, copies it back."""
+    import shutil
+
+    from core.data import eviction
+    from core.data.sources import stored
+
+    import numpy as np
+    from PIL import Image
+
+    ws = tmp_path / "ws"
+    old = tmp_path / "server" / "old"  # about 5 MB of noise: evicting it alone makes the room asked for below
+    for i in range(6):
+        (old / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        noise = np.random.default_rng(i).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(old / "ab"[i % 2] / f"{i}.png")
+    recent = make_dataset(tmp_path / "server" / "recent", {"a": 4, "b": 4})
+    upload = [(f"u/{c}/{i}.png", image_bytes((10 * i, 0, 0) if c == "a" else (0, 0, 10 * i), seed=i))
+              for c in "ab" for i in range(3)]
+    keys = {name: ingest(src, ws).key for name, src in (("old", old), ("upload", upload), ("recent", recent))}
+    os.utime(ws / "datasets" / keys["recent"] / "ingest.json", (time.time() + 10, time.time() + 10))
+    new = make_dataset(tmp_path / "server" / "new", {"a": 2, "b": 2})
+    free_mb = shutil.disk_usage(ws).free / 1024**2
+    monkeypatch.setenv("FTLAB_DISK_RESERVE_MB", str(free_mb + 1))  # 1 MB and the new copy short: one eviction
+    fresh = ingest(new, ws)
+    left = {p.name for p in (ws / "datasets").iterdir() if not p.name.startswith(".")}
+    assert keys["old"] not in left and {keys["upload"], keys["recent"], fresh.key} <= left
+    monkeypatch.setenv("FTLAB_DISK_RESERVE_MB", "0")
+    assert stored(ws, keys["old"]).files.keys() == ingest(old, ws).files.keys()  # copied back from the server
+    shutil.rmtree(ws / "datasets" / keys["old"])  # evicted again, this time ...
+    eviction.tombstone(ws / "datasets", keys["old"]).write_text(json.dumps({"origin": str(old)}))
+    assert ingest(ws / "datasets" / keys["old"] / "data", ws).key == keys["old"]  # ... a run's path brings it back
+    shutil.rmtree(ws / "datasets" / keys["old"])
+    eviction.tombstone(ws / "datasets", keys["old"]).write_text(json.dumps({"origin": str(old)}))
+    (old / "a" / "0.png").unlink()
+    with pytest.raises(DataError, match="removed to free disk, and .* has changed since"):
+        stored(ws, keys["old"])

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import streamlit as st
+from streamlit.errors import StreamlitSecretNotFoundError
 
 from core.accounts import projects, quotas, signin, users
 from core.accounts.projects import Project
@@ -25,7 +26,11 @@ def _throttle() -> users.Throttle:
 
 
 def _identity_provider() -> bool:
-    return bool(st.secrets.load_if_toml_exists() and "auth" in st.secrets)
+    """[auth] in .streamlit/secrets.toml: what st.login needs (README: Sharing a server)."""
+    try:
+        return "auth" in st.secrets
+    except StreamlitSecretNotFoundError:  # no secrets file
+        return False
 
 
 def method() -> str:

@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, ContextManager, Iterator, Sequence
 
 from core import runs
+from core.data import eviction
 
 LITTER_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx", "@eadir", "$recycle.bin", "icon\r"}
 SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing"}
@@ -77,6 +78,10 @@ class _Entry:
 
 def ingest(source: DataSource, workspace: Path, limits: Limits = Limits()) -> Ingested:
     """Copy a source into the workspace once; the same content again costs no disk."""
+    if isinstance(source, (str, Path)) and not Path(source).exists():
+        copy = Path(source).resolve()  # a run names its dataset by the copy's data folder: datasets/KEY/data
+        if copy.name == "data" and copy.parent.parent == (workspace / "datasets").resolve():
+            return stored(workspace, copy.parent.name)  # copied back when it was evicted, else says why not
     entries, dirs, refused = _entries(source, limits)
     entries = _screen(entries, refused)
     entries, dirs = _strip_enclosing_folder(entries, dirs)
@@ -95,7 +100,9 @@ def ingest(source: DataSource, workspace: Path, limits: Limits = Limits()) -> In
     manifest = root / "ingest.json"
     if manifest.exists():
         _write_refused(root, refused)
+        eviction.used(root)
         return _read_manifest(root, refused, reused=True)
+    eviction.make_room(workspace / "datasets", total, keep=key)
     staging = workspace / "datasets" / f".staging-{uuid.uuid4().hex}"
     try:
         for entry in entries:
@@ -105,7 +112,8 @@ def ingest(source: DataSource, workspace: Path, limits: Limits = Limits()) -> In
                 _copy_bounded(src, dst, limits.max_file_bytes)
         (staging / "data").mkdir(parents=True, exist_ok=True)
         info = Ingested(key, root, hashes, sorted("/".join(d) for d in dirs), refused)
-        (staging / "ingest.json").write_text(json.dumps(_manifest_dict(info), ensure_ascii=False, indent=1))
+        origin = {"origin": str(Path(source).expanduser().resolve())} if isinstance(source, (str, Path)) else {}
+        (staging / "ingest.json").write_text(json.dumps(_manifest_dict(info) | origin, ensure_ascii=False, indent=1))
         try:
             staging.rename(root)
         except OSError:  # a concurrent ingest of the same content won
@@ -123,12 +131,30 @@ def stored(workspace: Path, key: str) -> Ingested:
         raise DataError("That dataset link is not valid. Load the data again.")
     root = workspace / "datasets" / key
     if not (root / "ingest.json").is_file():
-        raise DataError("That dataset is no longer in the workspace. Load the data again.")
+        _restore(workspace, key)
+    eviction.used(root)
     try:
         refused = [Refused(**r) for r in json.loads((root / "refused.json").read_text())]
     except (FileNotFoundError, json.JSONDecodeError, TypeError):
         refused = []
     return _read_manifest(root, refused, reused=True)
+
+
+def _restore(workspace: Path, key: str) -> None:
+    """Copy back a dataset evicted to free disk, from where it came from, if that is still the same data."""
+    stone = eviction.tombstone(workspace / "datasets", key)
+    origin = runs.read_json(stone, {}).get("origin")
+    if not origin:
+        raise DataError("That dataset is no longer in the workspace. Load the data again.")
+    try:
+        again = ingest(origin, workspace).key
+    except DataError as exc:
+        raise DataError(f"This dataset's copy was removed to free disk, and copying it again from {origin} failed "
+                        f"({exc}). Load the data again.") from None
+    if again != key:
+        raise DataError(f"This dataset's copy was removed to free disk, and {origin} has changed since. Load the "
+                        "data again (a new dataset) or put the old files back.")
+    stone.unlink(missing_ok=True)
 
 
 def server_folder(root: Path, relative: str) -> Path:

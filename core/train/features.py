@@ -23,11 +23,11 @@ from core import runs
 from core.models import inference
 from core.models.backbones import Backbone, set_submodule
 from core.config import RunConfig
+from core.data import eviction
 from core.data.validation import Dataset
 from core.models.weights import WeightsInfo
 
 Progress = Callable[[int, int], None]
-DISK_RESERVE = 1024**3  # the cache never leaves the disk with less free space than this
 
 
 def cache_budget() -> int:
@@ -110,7 +110,7 @@ def evict_least_recent(folder: Path, keep: Path) -> list[Path]:
     `keep` (just written) stays. Returns what was deleted."""
     files = sorted(folder.glob("*.pt"), key=lambda f: f.stat().st_mtime)
     total = sum(f.stat().st_size for f in files)
-    limit = min(cache_budget(), total + shutil.disk_usage(folder).free - DISK_RESERVE)
+    limit = min(cache_budget(), total + shutil.disk_usage(folder).free - eviction.disk_reserve())
     deleted = []
     for f in files:
         if total <= limit:
