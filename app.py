@@ -25,8 +25,22 @@ def starting_config(run_id: str) -> RunConfig:
         return RunConfig()
 
 
+pages = [
+    st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("views/data.py", title="Data", icon=":material/folder:"),
+    st.Page("views/model.py", title="Model", icon=":material/neurology:"),
+    st.Page("views/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("views/results.py", title="Results", icon=":material/insights:"),
+    st.Page("views/predict.py", title="Predict", icon=":material/image_search:"),
+    st.Page("views/runs.py", title="Runs", icon=":material/history:"),
+    st.Page("views/search.py", title="Search", icon=":material/tune:"),
+    st.Page("views/crossval.py", title="Cross-validate", icon=":material/view_week:"),
+    st.Page("views/review.py", title="Label review", icon=":material/rule:"),
+    st.Page("views/ensembles.py", title="Ensembles", icon=":material/hub:"),
+]
 account.refuse_open_server()
-user = st.session_state.user = account.signed_in()
+# The sign-in screen keeps the page asked for (a bookmark, a shared link) as the one to open once signed in.
+user = st.session_state.user = account.signed_in(keep_page=lambda: st.navigation(pages, position="hidden"))
 with st.sidebar:
     project = st.session_state.project = account.project(user)
 if project is None:
@@ -45,19 +59,6 @@ for name in ("data", "run", "search", "cv", "ensemble"):
     elif f"url-{name}" in st.session_state:
         st.query_params[name] = st.session_state[f"url-{name}"]
 
-pages = [
-    st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("views/data.py", title="Data", icon=":material/folder:"),
-    st.Page("views/model.py", title="Model", icon=":material/neurology:"),
-    st.Page("views/train.py", title="Train", icon=":material/model_training:"),
-    st.Page("views/results.py", title="Results", icon=":material/insights:"),
-    st.Page("views/predict.py", title="Predict", icon=":material/image_search:"),
-    st.Page("views/runs.py", title="Runs", icon=":material/history:"),
-    st.Page("views/search.py", title="Search", icon=":material/tune:"),
-    st.Page("views/crossval.py", title="Cross-validate", icon=":material/view_week:"),
-    st.Page("views/review.py", title="Label review", icon=":material/rule:"),
-    st.Page("views/ensembles.py", title="Ensembles", icon=":material/hub:"),
-]
 nav = st.navigation(pages)
 
 

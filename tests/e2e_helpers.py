@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -108,3 +109,95 @@ def nav(page, title: str) -> None:
     page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title).click()
     page.get_by_role("heading", name=title, level=1).wait_for(timeout=30_000)
     settle(page)
+
+
+class IdentityProxy:
+    """What a lab puts in front of a shared server: a reverse proxy that signs people in and tells the app who
+    they are in a header (FTLAB_TRUSTED_HEADER). One port per person here; the header a client sends itself is
+    dropped, as a real proxy must. Browsers cannot add a header to a WebSocket handshake themselves (Chromium
+    before 151, microsoft/playwright#28948), so the tests need a proxy as much as a lab does."""
+
+    def __init__(self, upstream_port: int, header: str, users: list[str]):
+        import asyncio
+
+        self.upstream, self.header = upstream_port, header
+        self.loop = asyncio.new_event_loop()
+        self.ports: dict[str, int] = {}
+        self.servers: list = []
+        started = threading.Event()
+
+        async def serve() -> None:
+            for user in users:
+                server = await asyncio.start_server(lambda r, w, u=user: self._relay(r, w, u), "127.0.0.1", 0)
+                self.servers.append(server)
+                self.ports[user] = server.sockets[0].getsockname()[1]
+            started.set()
+
+        self.thread = threading.Thread(target=lambda: (self.loop.run_until_complete(serve()), self.loop.run_forever()),
+                                       daemon=True)
+        self.thread.start()
+        started.wait(10)
+
+    def url(self, user: str) -> str:
+        return f"http://127.0.0.1:{self.ports[user]}"
+
+    async def _relay(self, reader, writer, user: str) -> None:
+        import asyncio
+
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(src, dst, first: bool) -> None:
+            try:
+                while True:
+                    if first:  # each request head on this connection gets the header (keep-alive too)
+                        head = await src.readuntil(b"\r\n\r\n")
+                        lines = [ln for ln in head.split(b"\r\n")
+                                 if not ln.lower().startswith(self.header.lower().encode() + b":")]
+                        lines.insert(1, f"{self.header}: {user}".encode())
+                        dst.write(b"\r\n".join(lines))
+                        length = next((int(ln.split(b":", 1)[1]) for ln in lines
+                                       if ln.lower().startswith(b"content-length:")), 0)
+                        while length:  # the body, streamed
+                            chunk = await src.read(min(length, 1 << 20))
+                            if not chunk:
+                                raise ConnectionError
+                            dst.write(chunk)
+                            length -= len(chunk)
+                            await dst.drain()
+                        if b"upgrade: websocket" in head.lower() or b"chunked" in head.lower():
+                            first = False  # the rest is frames (or a chunked body): relayed as bytes
+                    else:
+                        data = await src.read(1 << 16)
+                        if not data:
+                            break
+                        dst.write(data)
+                    await dst.drain()
+            except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+                src_writer = writer if dst is up_writer else up_writer
+                src_writer.close()
+
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+
+    def close(self) -> None:
+        """Every connection closed and every relay ended before the loop stops (no transport outlives it)."""
+        import asyncio
+
+        async def shutdown() -> None:
+            for server in self.servers:
+                server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()

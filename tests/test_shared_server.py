@@ -282,3 +282,18 @@ def test_with_an_identity_provider_the_session_is_the_signed_in_email(home, lab)
     assert not at.exception and at.selectbox(key="project-pick").value == "dora@lab.example/main"
     assert (home / "projects" / "dora@lab.example" / "main" / "project.json").is_file()
     assert any(b.label == "Sign out" for b in at.sidebar.button)
+
+
+def test_a_sign_in_cookie_is_signed_expires_and_ends_with_a_password_change(tmp_path):
+    users.put(tmp_path, "jane", "jane-password-1")
+    jane = users.load(tmp_path)[0]["jane"]
+    token = users.session_token(tmp_path, jane)
+    assert users.token_user(tmp_path, token).name == "jane"
+    name, expires, signature = token.split(":")
+    for forged in (f"carol:{expires}:{signature}", f"jane:{int(expires) + 3600}:{signature}", f"jane:{expires}:{'0' * 64}",
+                   "jane", ""):
+        assert users.token_user(tmp_path, forged) is None, forged
+    assert users.token_user(tmp_path, users.session_token(tmp_path, jane, hours=-1)) is None  # expired
+    assert oct((tmp_path / users.SESSION_KEY).stat().st_mode)[-3:] == "600"
+    users.put(tmp_path, "jane", "jane-password-2")
+    assert users.token_user(tmp_path, token) is None  # a new password ends the old sign-ins

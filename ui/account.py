@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Callable
 
 import streamlit as st
 from streamlit.errors import StreamlitSecretNotFoundError
@@ -37,16 +38,29 @@ def method() -> str:
     return signin.method(workspace_root(), _identity_provider())
 
 
+@st.cache_resource
+def _say_once(text: str) -> None:
+    """On the server's console, once per server (the first session)."""
+    print(f"Fine-Tune Lab: {text}", file=sys.stderr, flush=True)
+
+
 def refuse_open_server() -> None:
-    """No page for anyone when the server is reachable from other machines and nobody is asked who they are."""
+    """No page for anyone when the server is reachable from other machines and nobody is asked who they are;
+    with the explicit flag, a warning on the console."""
     address = st.get_option("server.address") or ""
-    why = signin.open_refusal(address, method(), sys.argv)
+    how = method()
+    why = signin.open_refusal(address, how, sys.argv)
     if why:
+        _say_once(why)
         st.error(why)
         st.stop()
+    if how == "none" and not signin.loopback(address):
+        _say_once(f"WARNING: listening on {address or 'every network interface'} with no sign-in "
+                  f"({signin.OPEN_FLAG}): anyone who can reach this port sees and changes every dataset and run.")
 
 
-def _password_form() -> User:
+def _password_form(keep_page: Callable[[], object]) -> User:
+    keep_page()
     with st.form("sign-in"):
         st.subheader("Sign in to Fine-Tune Lab")
         name = st.text_input("User name", key="sign-in-name")
@@ -58,18 +72,21 @@ def _password_form() -> User:
                 st.error(str(exc))
             else:
                 st.session_state["signed-in"] = user.name
+                st.session_state.pop("signed-out", None)
+                st.session_state["set-cookie"] = users.session_token(workspace_root(), user)
                 st.rerun()
     st.caption("No account? Ask the person who runs this server (README: Sharing a server).")
     st.stop()
 
 
-def signed_in() -> User:
+def signed_in(keep_page: Callable[[], object]) -> User:
     """The signed-in user, or the sign-in screen and a stop."""
     how = method()
     if how == "none":
         return SOLO
     if how == "oidc":
         if not st.user.is_logged_in:
+            keep_page()
             st.subheader("Sign in to Fine-Tune Lab")
             st.button("Sign in", type="primary", on_click=st.login)
             st.stop()
@@ -81,12 +98,32 @@ def signed_in() -> User:
                      "Open the app through the lab's address, not this machine's port.")
             st.stop()
     else:
-        name = st.session_state.get("signed-in") or _password_form()
+        if st.session_state.pop("clear-cookie", False):
+            _set_cookie("", 0)
+        if ("signed-in" not in st.session_state and not st.session_state.get("signed-out")
+                and (known := users.token_user(workspace_root(), _cookie()))):
+            st.session_state["signed-in"] = known.name  # a reload, a dropped connection, a new tab
+        name = st.session_state.get("signed-in") or _password_form(keep_page)
+        if token := st.session_state.pop("set-cookie", None):
+            _set_cookie(token, users.SESSION_HOURS * 3600)
     try:
         return users.lookup(workspace_root(), name)
     except AccountError as exc:
         st.error(str(exc))
         st.stop()
+
+
+COOKIE = "ftlab-sign-in"
+
+
+def _cookie() -> str:
+    return st.context.cookies.get(COOKIE) or ""
+
+
+def _set_cookie(value: str, seconds: float) -> None:
+    """Streamlit cannot set a cookie from Python; the page's own script does (same origin, strict same-site)."""
+    st.html(f"<script>document.cookie = '{COOKIE}={value}; path=/; max-age={int(seconds)}; SameSite=Strict';</script>",
+            unsafe_allow_javascript=True, width=1)
 
 
 def sign_out_button(user: User) -> None:
@@ -95,6 +132,7 @@ def sign_out_button(user: User) -> None:
         st.button("Sign out", on_click=st.logout, key="sign-out")
     elif how == "password" and st.button("Sign out", key="sign-out"):
         st.session_state.clear()
+        st.session_state["signed-out"] = st.session_state["clear-cookie"] = True  # this tab's cookie is stale now
         st.rerun()
     st.caption(f"Signed in as **{user.name}**" + (" (admin)" if user.admin else ""))
 
@@ -133,14 +171,14 @@ def project(user: User) -> Project | None:
 
 
 @st.cache_data(ttl=30, show_spinner=False)
-def _usage(owner: str) -> int:
-    return quotas.usage(workspace_root(), owner)
+def _usage(root: str, owner: str) -> int:
+    return quotas.usage(Path(root), owner)
 
 
 def project_settings(user: User, current: Project) -> None:
     """Disk used against the quota, sharing (the owner) and new projects."""
     owner = users.lookup(workspace_root(), current.owner)
-    used = _usage(owner.name)
+    used = _usage(str(workspace_root()), owner.name)
     st.progress(min(1.0, used / owner.disk_bytes), text=f"{owner.name}'s disk: {used / 1e9:.2f} of {owner.disk_gb:g} GB")
     with st.expander("Share or add a project"):
         if user.name == current.owner or user.admin:

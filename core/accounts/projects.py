@@ -51,6 +51,7 @@ def create(root: Path, owner: str, name: str = DEFAULT) -> Project:
     """Make a project (owner-only on disk); an existing one is returned as it is."""
     home = _home(root, owner, name)
     if not (home / PROJECT_FILE).is_file():
+        Path(root).mkdir(parents=True, exist_ok=True)  # a fresh server's first sign-in
         for folder in (Path(root) / PROJECTS, home.parent, home):
             folder.mkdir(mode=0o700, exist_ok=True)
         write_json(home / PROJECT_FILE, {"owner": owner, "name": name, "members": []})

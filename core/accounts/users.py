@@ -145,6 +145,44 @@ def authenticate(home: Path, name: str, password: str, throttle: Throttle) -> Us
     return user
 
 
+SESSION_KEY = ".session-key"
+SESSION_HOURS = 12
+
+
+def _session_key(home: Path) -> bytes:
+    """The server's secret for sign-in cookies, made once (owner-only)."""
+    path = Path(home) / SESSION_KEY
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
+def _signature(home: Path, name: str, expires: int, password: str) -> str:
+    # The password hash is signed too: a changed password ends every earlier sign-in.
+    return hmac.new(_session_key(home), f"{name}|{expires}|{password}".encode(), hashlib.sha256).hexdigest()
+
+
+def session_token(home: Path, user: User, hours: float = SESSION_HOURS) -> str:
+    """What the browser keeps (a cookie) so a reload or a dropped connection does not ask for the password."""
+    expires = int(time.time() + hours * 3600)
+    return f"{user.name}:{expires}:{_signature(home, user.name, expires, user.password)}"
+
+
+def token_user(home: Path, token: str) -> User | None:
+    """The user a cookie signs in, or None (forged, expired, password changed, account removed)."""
+    try:
+        name, expires, signature = token.rsplit(":", 2)
+        user = load(home)[0].get(name)
+        if user is None or not user.password or int(expires) < time.time():
+            return None
+    except (ValueError, AccountError):
+        return None
+    return user if hmac.compare_digest(signature, _signature(home, name, int(expires), user.password)) else None
+
+
 def save(home: Path, users: dict[str, User], defaults: User) -> None:
     """Rewrite the file (owner-only: it holds hashes)."""
     lines = ["# Fine-Tune Lab accounts. Passwords: `python -m core users add NAME` (stored as salted scrypt hashes).",
