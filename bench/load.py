@@ -136,8 +136,19 @@ async def open_as(browser, user: str):
 async def choose(page, folder: Path) -> None:
     """Pick a folder in the folder uploader and wait for every file to arrive: "Use this folder" shows with
     the first file, and a click before the last one loads a part of the folder."""
-    await page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files(str(folder))
-    await page.wait_for_load_state("networkidle", timeout=UPLOAD_TIMEOUT_MS)
+    files, done = len(list(folder.rglob("*.png"))), []
+
+    def finished(request) -> None:
+        if request.method == "PUT" and "/_stcore/upload_file" in request.url:
+            done.append(request.url)
+    page.on("requestfinished", finished)
+    try:
+        await page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files(str(folder))
+        deadline = time.time() + UPLOAD_TIMEOUT_MS / 1000
+        while len(done) < files and time.time() < deadline:
+            await asyncio.sleep(0.2)
+    finally:
+        page.remove_listener("requestfinished", finished)
     await settle(page)
 
 
@@ -191,6 +202,8 @@ async def one_session(browser, proxy: IdentityProxy, user: str, folder: Path, us
         t0 = time.time()
         key = await upload(page, url, folder)
         result["upload_s"] = round(time.time() - t0, 1)
+        shown = await page.locator('[data-testid="stMetric"]').filter(has_text="Images").inner_text()
+        result["all_images"] = str(len(list(folder.rglob("*.png")))) in shown  # the whole folder, not a part
         result["run"] = await start_run(page, url, f"{user}/main", key, epochs=1)
         seen = ""
         for path in ("data", "train", "runs"):
@@ -203,7 +216,7 @@ async def one_session(browser, proxy: IdentityProxy, user: str, folder: Path, us
         await settle(page)
         if await page.get_by_role("button", name="Stop").count():
             await stop_run(page)
-        result["ok"] = not leaks and result["own_data_shown"]
+        result["ok"] = not leaks and result["own_data_shown"] and result["all_images"]
     except Exception as exc:  # a benchmark reports what failed and goes on
         result["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     finally:

@@ -189,6 +189,8 @@ def test_the_registry_seen_from_bobs_project_cannot_touch_alices_jobs(home, lab,
             as_bob.submit(small_config(data), resume_dir=alices_run)
         with pytest.raises(JobError, match="in this project"):
             as_bob.resume("cv", home / "projects" / "alice" / "main" / "cv" / "20260101-000000-c0ffee")
+        with pytest.raises(JobError, match="in this project"):
+            as_bob.ensemble([alices_run, home / "projects" / "alice" / "main" / "cv" / "20260101-000000-c0ffee"])
         assert [s.id for s in root.snapshots()] == [job]  # the server's own view (reattach, admin) sees it
     finally:
         as_alice.stop(job)
@@ -297,3 +299,21 @@ def test_a_sign_in_cookie_is_signed_expires_and_ends_with_a_password_change(tmp_
     assert oct((tmp_path / users.SESSION_KEY).stat().st_mode)[-3:] == "600"
     users.put(tmp_path, "jane", "jane-password-2")
     assert users.token_user(tmp_path, token) is None  # a new password ends the old sign-ins
+
+
+def test_projects_are_created_shared_and_switched_in_the_sidebar(home, lab):
+    at = signed_in("alice", {"run": RUN})
+    at.sidebar.text_input(key="project-new").input("thz-2026").run()
+    next(b for b in at.sidebar.button if b.label == "Create").click().run()
+    assert at.selectbox(key="project-pick").value == "alice/thz-2026" and at.query_params["project"] == "alice/thz-2026"
+    assert "run" not in at.query_params  # the run belonged to alice/main
+    at.sidebar.text_input(key="project-members").input("bob, carol").run()
+    next(b for b in at.sidebar.button if b.label == "Save sharing").click().run()
+    assert projects.get(home, users.lookup(home, "bob"), "alice/thz-2026").members == ("bob", "carol")
+    at.selectbox(key="project-pick").select("alice/main").run()
+    assert not at.exception and at.query_params["project"] == "alice/main"
+    bob = signed_in("bob")
+    assert bob.selectbox(key="project-pick").options == ["bob/main", "alice/thz-2026"]
+    bob.selectbox(key="project-pick").select("alice/thz-2026").run()
+    assert not bob.exception and bob.query_params["project"] == "alice/thz-2026"
+    assert any("Shared with you by alice" in c.value for c in bob.sidebar.caption)

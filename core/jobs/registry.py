@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from core.accounts import quotas
-from core.accounts.projects import PROJECTS
+from core.accounts.projects import PROJECTS, home_of
 from core.accounts.users import User
 from core.config import DistributedConfig, RunConfig
 from core.evaluate import ensemble
@@ -155,6 +155,9 @@ class JobRegistry:
         """Combine runs (or a cross-validation's folds) now, refusing mismatched classes here; the job then scores
         it and builds its TorchScript and ONNX graphs, each checked against the members."""
         self._admit()
+        for member in members:
+            if self.scoped and home_of(member) != self.home.resolve():
+                raise JobError(f"There is no {Path(member).name} in this project.")
         job_id = _new_id()
         folder = self.roots["ensemble"] / job_id
         spec = ensemble.create(members, folder)
