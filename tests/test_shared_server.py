@@ -317,3 +317,12 @@ def test_projects_are_created_shared_and_switched_in_the_sidebar(home, lab):
     bob.selectbox(key="project-pick").select("alice/thz-2026").run()
     assert not bob.exception and bob.query_params["project"] == "alice/thz-2026"
     assert any("Shared with you by alice" in c.value for c in bob.sidebar.caption)
+
+
+def test_a_damaged_accounts_file_stops_every_page_with_what_to_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTLAB_HOME", str(tmp_path))
+    for text, says in (("[users.alice\npassword = ", "is not valid TOML"), ("[users]\nalice = 3\n", "does not hold accounts"),
+                       ("[defaults]\ndisk_gb = 'lots'\n", "does not hold accounts")):
+        users.users_file(tmp_path).write_text(text)
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+        assert not at.exception and says in at.error[0].value and not at.selectbox and not at.text_input

@@ -35,7 +35,12 @@ def _identity_provider() -> bool:
 
 
 def method() -> str:
-    return signin.method(workspace_root(), _identity_provider())
+    """How people sign in; a damaged users.toml stops every page with what to fix (never 'no sign-in')."""
+    try:
+        return signin.method(workspace_root(), _identity_provider())
+    except AccountError as exc:
+        st.error(str(exc))
+        st.stop()
 
 
 @st.cache_resource

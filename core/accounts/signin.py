@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-
 from pathlib import Path
 
 from core.accounts import users

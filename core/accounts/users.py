@@ -67,13 +67,16 @@ def load(home: Path) -> tuple[dict[str, User], User]:
         doc = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise AccountError(f"{path} is not valid TOML ({exc}); fix it or write it again with `python -m core users`.")
-    base = doc.get("defaults", {})
-    defaults = User("", disk_gb=float(base.get("disk_gb", DEFAULT_DISK_GB)), jobs=int(base.get("jobs", DEFAULT_JOBS)))
-    users = {}
-    for name, entry in doc.get("users", {}).items():
-        users[name] = User(check_name(name), admin=bool(entry.get("admin", False)),
-                           disk_gb=float(entry.get("disk_gb", defaults.disk_gb)), jobs=int(entry.get("jobs", defaults.jobs)),
-                           password=str(entry.get("password", "")))
+    try:
+        base = doc.get("defaults", {})
+        defaults = User("", disk_gb=float(base.get("disk_gb", DEFAULT_DISK_GB)), jobs=int(base.get("jobs", DEFAULT_JOBS)))
+        users = {}
+        for name, entry in doc.get("users", {}).items():
+            users[name] = User(check_name(name), admin=bool(entry.get("admin", False)),
+                               disk_gb=float(entry.get("disk_gb", defaults.disk_gb)),
+                               jobs=int(entry.get("jobs", defaults.jobs)), password=str(entry.get("password", "")))
+    except (AttributeError, TypeError, ValueError) as exc:  # a table where a number belongs, and the like
+        raise AccountError(f"{path} does not hold accounts as README (Sharing a server) shows ({exc}); fix it.") from None
     return users, defaults
 
 
