@@ -43,8 +43,7 @@ def load(source, what: str, size: int = 0) -> None:
         return
     bar.empty()
     set_url("data", dataset.key)
-    uploads = source if isinstance(source, list) else [source]
-    release_uploads([f for _, f in uploads] if isinstance(source, list) else uploads)
+    release_uploads([f for _, f in source] if isinstance(source, list) else [source])
     st.session_state["uploads"] = st.session_state.get("uploads", 0) + 1  # fresh upload widgets: the old files are gone
     st.rerun()  # the sidebar, drawn before this page, shows the new dataset too
 
