@@ -53,7 +53,7 @@ if "config" not in st.session_state:  # what the Model and Train pages edit
 
 # The dataset and run live in the URL (shareable, survive a reload); switching pages drops query params, so
 # the session puts back the last ones seen.
-for name in ("data", "run", "search", "cv", "ensemble"):
+for name in account.URL_IDS:
     if name in st.query_params:
         st.session_state[f"url-{name}"] = st.query_params[name]
     elif f"url-{name}" in st.session_state:

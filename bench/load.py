@@ -31,13 +31,10 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -45,15 +42,12 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests"))  # the browser tests' server, Chromium and signing-in proxy
 
 from core.processes import descendants  # noqa: E402
-from e2e_helpers import IdentityProxy  # noqa: E402
+from e2e_helpers import CHROMIUM, CHROMIUM_FLAGS, IdentityProxy, free_port, start_server, stop_server  # noqa: E402
 
 HEADER = "X-Forwarded-User"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"]
 UPLOAD_TIMEOUT_MS = 300_000
 PHASES = ["sessions", "reconnect", "upload_cycles", "start_stop"]
 
@@ -99,28 +93,6 @@ class Memory(threading.Thread):
 
 def threads_of(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(home: Path, port: int) -> subprocess.Popen:
-    env = os.environ | {"FTLAB_HOME": str(home / "workspace"), "FTLAB_TRUSTED_HEADER": HEADER, "FTLAB_MAX_JOBS": "1",
-                        "FTLAB_DATA_ROOT": str(home / "server-data")}
-    log = open(home / "server.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
-                             "--server.port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok":
-                return proc
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError("streamlit did not start: see " + str(home / "server.log"))
 
 
 async def settle(page) -> None:
@@ -311,6 +283,7 @@ async def main_async(args: argparse.Namespace, home: Path) -> dict:
     small = noise_images(home / "small-noise", args.cycle_mb)
     cycle_folder = user_folder(home / "uploads", "cycles", small)
     other_folder = user_folder(home / "uploads", "cycles-other", small)
+    os.environ |= {"FTLAB_TRUSTED_HEADER": HEADER, "FTLAB_MAX_JOBS": "1"}  # the server's environment
     port = free_port()
     server = start_server(home, port)
     proxy = IdentityProxy(port, HEADER, users + ["reconnect", "cycles", "startstop"])
@@ -320,7 +293,7 @@ async def main_async(args: argparse.Namespace, home: Path) -> dict:
     out: dict = {"mb_per_upload": round(sum(p.stat().st_size for p in images) / 1e6)}
     try:
         async with async_playwright() as p:
-            browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+            browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
             for name, phase in (
                     ("sessions", lambda: sessions_phase(browser, proxy, folders, memory)),
                     ("reconnect", lambda: reconnect_phase(browser, proxy.url("reconnect"),
@@ -343,8 +316,7 @@ async def main_async(args: argparse.Namespace, home: Path) -> dict:
         memory.running = False
         out["peak_server_mb"] = round(memory.peak / 2**20)
         proxy.close()
-        server.terminate()
-        server.wait(timeout=30)
+        stop_server(server)
     return out
 
 

@@ -326,3 +326,19 @@ def test_a_damaged_accounts_file_stops_every_page_with_what_to_fix(tmp_path, mon
         users.users_file(tmp_path).write_text(text)
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
         assert not at.exception and says in at.error[0].value and not at.selectbox and not at.text_input
+
+
+def test_over_the_disk_quota_an_upload_is_refused_before_it_is_copied(home, lab):
+    from test_page_data import folder_upload, uploader
+
+    small = users.load(home)[0]["bob"]
+    users.put(home, "bob", disk_gb=1e-6)
+    try:
+        at = signed_in("bob")
+        at.switch_page("views/data.py").run()
+        uploader(at, "folder").set_value(folder_upload({"ants": 5, "bees": 5})).run()
+        next(b for b in at.button if b.label == "Use this folder").click().run()
+        assert not at.exception and "bob's projects use" in at.error[0].value and "this needs" in at.error[0].value
+        assert not (home / "projects" / "bob" / "main" / "datasets").exists()
+    finally:
+        users.put(home, "bob", disk_gb=small.disk_gb)

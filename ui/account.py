@@ -17,7 +17,8 @@ from core.accounts.projects import Project
 from core.accounts.users import AccountError, User
 from core.config import workspace_root
 
-SOLO = User("", admin=True, disk_gb=float("inf"), jobs=10**6)
+SOLO = User("", admin=True)
+URL_IDS = ("data", "run", "search", "cv", "ensemble")  # what the URL names inside a project
 
 
 @st.cache_resource
@@ -144,7 +145,7 @@ def sign_out_button(user: User) -> None:
 
 def _forget_links() -> None:
     """The URL's dataset, run, search... belong to the project they were opened in."""
-    for name in ("data", "run", "search", "cv", "ensemble"):
+    for name in URL_IDS:
         st.query_params.pop(name, None)
         st.session_state.pop(f"url-{name}", None)
     st.session_state.pop("config", None)

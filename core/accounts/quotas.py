@@ -2,11 +2,11 @@
 Over quota is refused before work starts, with what to delete."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from core.accounts.projects import PROJECTS
 from core.accounts.users import User
+from core.runs import disk_bytes
 
 # What a person can delete, by the page that deletes it.
 DELETABLE = {"runs": "Runs", "datasets": "Data", "searches": "Search", "cv": "Cross-validate",
@@ -17,20 +17,8 @@ class QuotaError(ValueError):
     """Over a quota; the message says what to delete or wait for."""
 
 
-def size(path: Path) -> int:
-    """Bytes on disk under `path` (links not followed)."""
-    total = 0
-    for folder, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(folder, name)).st_blocks * 512
-            except OSError:  # removed while walking
-                pass
-    return total
-
-
 def usage(root: Path, owner: str) -> int:
-    return size(Path(root) / PROJECTS / owner)
+    return disk_bytes(Path(root) / PROJECTS / owner)
 
 
 def largest(root: Path, owner: str, n: int = 5) -> list[tuple[str, int]]:
@@ -39,7 +27,7 @@ def largest(root: Path, owner: str, n: int = 5) -> list[tuple[str, int]]:
     for project in sorted((Path(root) / PROJECTS / owner).glob("*")):
         for kind in DELETABLE:
             for item in sorted((project / kind).glob("*")) if (project / kind).is_dir() else ():
-                items.append((f"{project.name}/{kind}/{item.name}", size(item)))
+                items.append((f"{project.name}/{kind}/{item.name}", disk_bytes(item)))
     return sorted(items, key=lambda t: -t[1])[:n]
 
 

@@ -12,6 +12,7 @@ With an identity provider (st.login) or a trusted proxy the file holds no passwo
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -108,7 +109,11 @@ def password_matches(password: str, stored: str) -> bool:
     return hmac.compare_digest(got.hex(), digest)
 
 
-_UNUSABLE = hash_password(secrets.token_hex(16))
+@functools.cache
+def _unusable() -> str:
+    """A hash no password matches, checked against when a name is unknown; made on the first sign-in, not when
+    every process that imports this module starts (a scrypt costs 50 ms)."""
+    return hash_password(secrets.token_hex(16))
 
 
 class Throttle:
@@ -140,8 +145,8 @@ def authenticate(home: Path, name: str, password: str, throttle: Throttle) -> Us
     """The user whose password this is; the same refusal for an unknown name and a wrong password."""
     throttle.check(name)
     user = load(home)[0].get(name)
-    stored = user.password if user and user.password else _UNUSABLE  # the same time spent when the name is unknown
-    if not password_matches(password, stored) or stored is _UNUSABLE:
+    stored = user.password if user and user.password else _unusable()  # the same time spent when the name is unknown
+    if not password_matches(password, stored) or stored is _unusable():
         throttle.failed(name)
         raise AccountError("Wrong user name or password.")
     throttle.clear(name)

@@ -12,6 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
+from core import runs
+
 EVICTED = ".evicted"
 
 
@@ -47,7 +49,7 @@ def make_room(datasets: Path, needed: int, keep: str = "") -> list[str]:
     for _, root, origin in sorted(candidates):
         if short <= 0:
             break
-        size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+        size = runs.disk_bytes(root)
         stone = tombstone(datasets, root.name)
         stone.parent.mkdir(exist_ok=True)
         stone.write_text(json.dumps({"origin": origin}))

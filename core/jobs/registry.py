@@ -74,9 +74,9 @@ class JobRegistry:
         view.user, view.owner, view.scoped = user, owner, True
         return view
 
-    def owns(self, job_dir: Path) -> bool:
-        """Whether a job folder belongs to this view's project (every job's folder is HOME/KIND/ID)."""
-        return not self.scoped or Path(job_dir).resolve().parent.parent == self.home.resolve()
+    def owns(self, folder: Path) -> bool:
+        """Whether a job's folder (or a run or fold one names) belongs to this view's project."""
+        return not self.scoped or home_of(folder) == self.home.resolve()
 
     def submit(self, config: RunConfig, resume_dir: Path | None = None) -> str:
         """Queue a run (or the resumption of one); returns its id, which is also its run folder's name. A run on
@@ -156,8 +156,7 @@ class JobRegistry:
         it and builds its TorchScript and ONNX graphs, each checked against the members."""
         self._admit()
         for member in members:
-            if self.scoped and home_of(member) != self.home.resolve():
-                raise JobError(f"There is no {Path(member).name} in this project.")
+            self._check_owned(Path(member))
         job_id = _new_id()
         folder = self.roots["ensemble"] / job_id
         spec = ensemble.create(members, folder)
