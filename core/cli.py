@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from core.settings import cpus
 from core.train.callbacks import Callback, State
 from core.accounts import users
 from core.config import ConfigError, DistributedConfig, RunConfig, set_setting, settings, workspace_root
@@ -339,7 +340,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                                       seed=config.seed, grid_points=args.grid_points, storage=args.storage,
                                       study=args.study)
         if not config.threads:
-            config.threads = max(1, (os.cpu_count() or 1) // args.workers)
+            config.threads = max(1, cpus() // args.workers)
         search.create(config, options, args.out)
     summary = search.run_workers(args.out, progress, stop)
     print(f"\n{summary['status']}: {summary['trials']} trials ({summary['pruned']} pruned, {summary['failed']} failed)"

@@ -1,7 +1,10 @@
-"""Shared fixtures: small generated image datasets on disk and an isolated workspace."""
+"""Shared fixtures: small generated image datasets on disk and an isolated workspace; the test layers and the
+rules each layer keeps."""
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +14,10 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# One core per test process, in this process and every server, worker and CLI it starts (they read FTLAB_CPUS):
+# `make test` runs two test processes side by side on 2 cores, and tiny models run fastest on one thread anyway.
+# A test about threads sets FTLAB_CPUS itself.
+os.environ["FTLAB_CPUS"] = "1"
 HYMENOPTERA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
 
 # Colours far apart, so a few epochs on tiny images learn them: a real signal, not a coin flip.
@@ -95,12 +102,61 @@ def fetch_download(monkeypatch):
     return fetch
 
 
-@pytest.fixture
+# The layers, by what a test costs (README: Tests). Each test has exactly one, the closest mark winning (a module's
+# pytestmark, overridden on a test): `make test-unit` runs the first alone, `make test` all four.
+LAYERS = {"unit": "no process started, no server, no fit over a second",
+          "integration": "real fits, worker processes, the CLI, AppTest pages",
+          "e2e": "a real browser against `streamlit run`",
+          "distributed": "torchrun process groups"}
+UNIT_SECONDS = 1.0  # a unit test slower than this is named at the end of the run: it belongs in integration
+
+
+def layer_of(item) -> str | None:
+    return next((mark.name for mark in item.iter_markers() if mark.name in LAYERS), None)
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--layer", action="append", choices=list(LAYERS), default=[],
+                     help="run only the tests of this layer (repeatable); by default every layer runs")
+
+
+def pytest_configure(config) -> None:
+    for name, what in LAYERS.items():
+        config.addinivalue_line("markers", f"{name}: {what}")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if unmarked := [item.nodeid for item in items if layer_of(item) is None]:
+        raise pytest.UsageError(f"tests without a layer ({', '.join(LAYERS)}): " + ", ".join(unmarked[:10]))
+    for item in items:
+        item.user_properties.append(("layer", layer_of(item)))  # reports carry it (from xdist's processes too)
+    if wanted := config.getoption("--layer"):
+        config.hook.pytest_deselected(items=[item for item in items if layer_of(item) not in wanted])
+        items[:] = [item for item in items if layer_of(item) in wanted]
+
+
+@pytest.fixture(autouse=True)
+def layer_rules(request, monkeypatch):
+    """A unit test that starts a process fails with the reason, so `make test-unit` stays a seconds-long loop."""
+    if layer_of(request.node) == "unit":
+        def refuse(self, args, *rest, **kwargs):
+            raise AssertionError(f"a unit test starts no process ({args!r}): mark this test integration")
+        monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    yield
+
+
+@pytest.fixture(autouse=True, scope="session")
 def one_thread():
-    """Tiny models run fastest on one thread; fit() sets the process-wide count, so restore it afterwards."""
+    """fit() and the engines read the core count once a run starts; this process's own torch work (a model built
+    in a test) uses the same one thread."""
     import torch
 
-    before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    slow = [(report.duration, report.nodeid) for report in terminalreporter.stats.get("passed", [])
+            if report.when == "call" and ("layer", "unit") in report.user_properties and report.duration > UNIT_SECONDS]
+    if slow:
+        terminalreporter.write_line(f"unit tests over {UNIT_SECONDS:.0f} s (move them to integration): " +
+                                    ", ".join(f"{nodeid} {seconds:.1f} s" for seconds, nodeid in sorted(slow)[::-1]))

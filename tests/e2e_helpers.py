@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from playwright.sync_api import expect
 
 from conftest import ROOT
 
@@ -21,6 +22,12 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run"]
 SHOTS = ROOT / "test-artifacts" / "e2e"
+# Sized for a busy 2-core machine: a rerun that takes a second idle can take ten with the other core taken.
+RERUN_TIMEOUT_MS = 120_000
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+CHARTS_DRAWN = "() => [...document.querySelectorAll('[data-testid=\"stVegaLiteChart\"]')]" \
+               ".filter(c => c.offsetParent).every(c => c.querySelector('canvas, svg'))"
+expect.set_options(timeout=RERUN_TIMEOUT_MS)
 
 
 def free_port() -> int:
@@ -35,7 +42,7 @@ def start_server(home: Path, port: int, log: str = "server.log") -> subprocess.P
     with open(home / log, "a") as out:
         proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
                                  "--server.port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.time() + 60
+    deadline = time.time() + RERUN_TIMEOUT_MS / 1000
     while True:
         try:
             if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok":
@@ -72,7 +79,10 @@ def chromium() -> Iterator:
 
 
 def new_page(browser):
-    return browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True).new_page()
+    """A tab whose every wait (clicks, locators, expect) allows a busy machine's rerun."""
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True).new_page()
+    page.set_default_timeout(RERUN_TIMEOUT_MS)
+    return page
 
 
 @pytest.fixture(scope="module")
@@ -94,20 +104,22 @@ def page(server):
 
 
 def shot(page, name: str) -> None:
+    """A full-page screenshot once every chart on the page has drawn."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.wait_for_timeout(400)  # let charts finish drawing
+    page.wait_for_function(CHARTS_DRAWN, timeout=RERUN_TIMEOUT_MS)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 def settle(page) -> None:
-    """Wait until Streamlit has finished the rerun the last action caused."""
-    page.wait_for_timeout(300)
-    page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=60_000)
+    """Wait until Streamlit has finished the rerun the last action caused: the app marks its script state on
+    stApp (a click sets it to rerunRequested before it returns; Streamlit's own e2e helpers wait on it too)."""
+    page.locator(IDLE).wait_for(timeout=RERUN_TIMEOUT_MS)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=RERUN_TIMEOUT_MS)
 
 
 def nav(page, title: str) -> None:
     page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title).click()
-    page.get_by_role("heading", name=title, level=1).wait_for(timeout=30_000)
+    page.get_by_role("heading", name=title, level=1).wait_for(timeout=RERUN_TIMEOUT_MS)
     settle(page)
 
 

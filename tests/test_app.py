@@ -1,7 +1,10 @@
 """The app starts and its home page explains the steps."""
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT
+
+pytestmark = pytest.mark.integration
 
 
 def test_home_page_explains_every_step():

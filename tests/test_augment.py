@@ -5,6 +5,8 @@ import torch
 from core.data.augment import denormalize, eval_transform, train_transform
 from core.config import AugmentConfig
 
+pytestmark = pytest.mark.unit
+
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 

@@ -4,6 +4,8 @@ import torch
 
 from core.models import backbones
 
+pytestmark = pytest.mark.unit
+
 NAMES = list(backbones.REGISTRY)
 
 
@@ -14,6 +16,7 @@ def test_the_registry_has_the_promised_backbones():
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.integration
 def test_backbone_groups_head_and_forward(name):
     torch.manual_seed(0)
     b = backbones.get(name)

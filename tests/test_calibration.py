@@ -6,6 +6,8 @@ import torch
 
 from core.evaluate.calibration import expected_calibration_error, reliability
 
+pytestmark = pytest.mark.unit
+
 # Top-1 confidence and correctness per row:
 #   A 0.95 right (label 0), B 0.92 wrong (label 2), C 0.75 right (label 2), D 0.55 wrong (label 1).
 PROBS = [[0.95, 0.03, 0.02], [0.04, 0.92, 0.04], [0.15, 0.10, 0.75], [0.55, 0.45, 0.00]]

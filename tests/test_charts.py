@@ -8,6 +8,8 @@ import pytest
 from core.evaluate.metrics import most_confused
 from ui import charts
 
+pytestmark = pytest.mark.unit
+
 CLASSES = ["cat", "dog", "bird"]
 
 

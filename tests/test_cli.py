@@ -8,6 +8,8 @@ import pytest
 
 from conftest import ROOT, make_dataset
 
+pytestmark = pytest.mark.integration
+
 
 def cli(*args, home):
     env = os.environ | {"FTLAB_HOME": str(home)}
@@ -79,7 +81,6 @@ def test_bad_config_file_is_one_line(tmp_path):
     assert out.returncode == 2 and "learning_rate" in out.stderr and "Traceback" not in out.stderr
 
 
-@pytest.mark.slow
 def test_one_epoch_on_hymenoptera(tmp_path, hymenoptera):
     run = tmp_path / "run"
     out = cli("train", hymenoptera, "--out", run, "--epochs", "1", "--image-size", "64", "--batch-size", "32",
@@ -121,7 +122,6 @@ def test_train_flags_reach_the_config(tmp_path):
     assert "stage 3" in out.stderr and "no" in out.stderr  # the per-group table before training
 
 
-@pytest.mark.slow
 def test_the_default_run_is_pretrained_and_good(tmp_path, hymenoptera):
     """`train DATA --out RUN` and nothing else: packaged ImageNet weights, linear probe, a good model."""
     run = tmp_path / "run"

@@ -5,6 +5,8 @@ import pytest
 
 from core.config import ConfigError, RunConfig
 
+pytestmark = pytest.mark.unit
+
 
 def test_round_trip_keeps_every_field():
     config = RunConfig()

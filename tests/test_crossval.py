@@ -15,6 +15,8 @@ from core.evaluate.predict import Predictor
 from core.experiments import crossval
 from core.runs import load_run, read_json, read_jsonl
 
+pytestmark = pytest.mark.integration
+
 
 def patients(root, per_class=4, images=3):
     """Each patient's images sit in one class: P<class><n>_<slice>.png, so a pattern finds the patient."""
@@ -117,7 +119,6 @@ def test_a_failure_leaves_the_cross_validation_failed_not_running(tmp_path, work
     assert read_json(tmp_path / "cv" / crossval.CV_FILE)["status"] == "failed"
 
 
-@pytest.mark.slow
 def test_cli_cv_writes_the_documented_files(tmp_path, workspace):
     data = patients(tmp_path / "data")
     out = tmp_path / "cv"

@@ -32,6 +32,8 @@ from core.train.engine import fit
 from test_engine import small_config
 from test_jobs import wait
 
+pytestmark = pytest.mark.distributed
+
 
 @pytest.fixture
 def data(tmp_path):

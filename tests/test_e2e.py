@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import zipfile
 from pathlib import Path
 
@@ -16,9 +17,10 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from conftest import make_dataset
-from e2e_helpers import SHOTS, nav, page, server, settle, shot  # noqa: F401 (page and server are fixtures)
+from e2e_helpers import RERUN_TIMEOUT_MS, SHOTS, nav, page, server, settle, shot  # noqa: F401 (page and server are fixtures)
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
+
 
 
 def test_upload_train_watch_reload_stop_download(server, page, tmp_path, capsys):
@@ -26,13 +28,13 @@ def test_upload_train_watch_reload_stop_download(server, page, tmp_path, capsys)
     data = make_dataset(tmp_path / "upload" / "fruit", {"apple": 8, "plum": 8}, size=(64, 48))
 
     page.goto(url)
-    page.get_by_role("heading", name="Fine-Tune Lab").wait_for(timeout=60_000)
+    page.get_by_role("heading", name="Fine-Tune Lab").wait_for(timeout=RERUN_TIMEOUT_MS)
     shot(page, "1-home")
 
     nav(page, "Data")
     page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files(str(data))
     page.get_by_role("button", name="Use this folder").click()
-    page.get_by_text("Thumbnails").wait_for(timeout=60_000)
+    page.get_by_text("Thumbnails").wait_for(timeout=RERUN_TIMEOUT_MS)
     settle(page)
     expect(page.locator('[data-testid="stMetric"]').filter(has_text="Images")).to_contain_text("16")
     expect(page.locator('[data-testid="stMetric"]').filter(has_text="Classes")).to_contain_text("2")
@@ -53,7 +55,7 @@ def test_upload_train_watch_reload_stop_download(server, page, tmp_path, capsys)
     settle(page)
     shot(page, "4-train-settings")
     page.get_by_role("button", name="Start training").click()
-    page.wait_for_url(re.compile(r"run="), timeout=30_000)
+    page.wait_for_url(re.compile(r"run="), timeout=RERUN_TIMEOUT_MS)
     run_id = re.search(r"run=([\w-]+)", page.url).group(1)
 
     # live: progress moves, curves are drawn, the confusion matrix appears after an epoch and follows the epochs
@@ -69,17 +71,22 @@ def test_upload_train_watch_reload_stop_download(server, page, tmp_path, capsys)
 
     # a reload (a new session from the same URL) shows the same live job
     page.reload()
-    page.get_by_text(re.compile(r"Validation confusion matrix, epoch \d+")).wait_for(timeout=60_000)
+    page.get_by_text(re.compile(r"Validation confusion matrix, epoch \d+")).wait_for(timeout=RERUN_TIMEOUT_MS)
     assert run_id in page.url
     expect(page.locator('[data-testid="stProgress"]').last).to_contain_text("running")
     expect(page.locator('[data-testid="stSidebar"]')).to_contain_text("full")  # the new session took the run's settings
 
     page.get_by_role("button", name="Stop").click()
-    page.get_by_text("Download the model package (zip)").wait_for(timeout=60_000)
-    expect(page.locator('[data-testid="stProgress"]').last).to_contain_text("stopped")
+    # Stopped means the worker wrote its last files and ended; the page then draws the downloads once, in the
+    # rerun that also stops the polling (a button from a polling rerun was revoked under the click).
+    run_dir = home / "workspace" / "runs" / run_id
+    expect(page.locator('[data-testid="stProgress"]').last).to_contain_text("stopped", timeout=RERUN_TIMEOUT_MS)
+    page.get_by_text("Download the model package (zip)").wait_for(timeout=RERUN_TIMEOUT_MS)
+    settle(page)
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "stopped"
     shot(page, "6-train-stopped")
 
-    with page.expect_download() as download:
+    with page.expect_download(timeout=RERUN_TIMEOUT_MS) as download:
         page.get_by_role("button", name="Download the model package (zip)").click()
     package = tmp_path / "package.zip"
     download.value.save_as(package)
@@ -101,7 +108,7 @@ def test_upload_train_watch_reload_stop_download(server, page, tmp_path, capsys)
     page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files(
         [str(p) for p in sorted(data.rglob("*.png"))[:2]])
     table = page.locator('[data-testid="stDataFrame"]').first
-    expect(table).to_be_visible(timeout=60_000)
+    expect(table).to_be_visible(timeout=RERUN_TIMEOUT_MS)
     expect(page.get_by_role("button", name="Download the predictions (CSV)")).to_be_visible()
     expect(page.locator('[data-testid="stProgress"]').filter(has_text=re.compile(r"(apple|plum) \d+\.\d%")).first
            ).to_be_visible()
@@ -111,7 +118,7 @@ def test_upload_train_watch_reload_stop_download(server, page, tmp_path, capsys)
     shot(page, "8-runs")  # the table is a canvas: its rows and actions are tested through AppTest
 
     images = sorted(data.rglob("*.png"))[::3]
-    theirs, ours = plain_torch_predictions(package, images), app_predictions(home / "workspace" / "runs" / run_id, images)
+    theirs, ours = plain_torch_predictions(package, images), app_predictions(run_dir, images)
     assert theirs.argmax(1).tolist() == ours.argmax(1).tolist() and torch.allclose(theirs, ours, atol=1e-4)
     with capsys.disabled():
         print(f"\nscreenshots: {SHOTS}")
@@ -156,7 +163,7 @@ def test_a_run_on_two_processes_is_followed_and_stopped_in_the_browser(server, p
     nav(page, "Data")
     page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files(str(data))
     page.get_by_role("button", name="Use this folder").click()
-    page.get_by_text("Thumbnails").wait_for(timeout=60_000)
+    page.get_by_text("Thumbnails").wait_for(timeout=RERUN_TIMEOUT_MS)
     nav(page, "Model")
     page.get_by_text("Full fine-tuning (every layer trains)").click()
     settle(page)
@@ -172,7 +179,7 @@ def test_a_run_on_two_processes_is_followed_and_stopped_in_the_browser(server, p
     settle(page)
     expect(page.locator('[data-testid="stCode"]').first).to_contain_text("--nproc 2")
     page.get_by_role("button", name="Start training").click()
-    page.wait_for_url(re.compile(r"run="), timeout=30_000)
+    page.wait_for_url(re.compile(r"run="), timeout=RERUN_TIMEOUT_MS)
     run_id = re.search(r"run=([\w-]+)", page.url).group(1)
     page.get_by_text(re.compile(r"Validation confusion matrix, epoch \d+")).wait_for(timeout=180_000)
     expect(page.locator('[data-testid="stProgress"]').last).to_contain_text("2 processes")
@@ -182,8 +189,10 @@ def test_a_run_on_two_processes_is_followed_and_stopped_in_the_browser(server, p
     tree = [torchrun, *descendants(torchrun)]
     assert len(tree) >= 3  # torchrun and its two workers
     page.get_by_role("button", name="Stop").click()
-    expect(page.locator('[data-testid="stProgress"]').last).to_contain_text("stopped", timeout=30_000)
-    page.wait_for_timeout(1000)
+    expect(page.locator('[data-testid="stProgress"]').last).to_contain_text("stopped", timeout=RERUN_TIMEOUT_MS)
+    deadline = time.monotonic() + 30  # stopped is shown once torchrun ended; its workers are reaped by then or soon
+    while [p for p in tree if process_start_time(p) is not None] and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert [p for p in tree if process_start_time(p) is not None] == []
     assert json.loads((run_dir / "status.json").read_text())["status"] == "stopped"
     assert json.loads((run_dir / "config.json").read_text())["provenance"]["processes"] == 2

@@ -22,9 +22,10 @@ from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeout, expect
 
 from conftest import ROOT, make_dataset
-from e2e_helpers import chromium, free_port, nav, new_page, settle, shot, start_server, stop_server
+from e2e_helpers import RERUN_TIMEOUT_MS, chromium, free_port, nav, new_page, settle, shot, start_server, stop_server
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
+
 
 RUN_ID = "20240101-000000-a1b2c3"  # named by the links below; a newer run sits beside it, so the link must win
 NEWER_RUN_ID = "20240102-000000-d4e5f6"
@@ -75,7 +76,7 @@ def test_every_page_works_as_the_first_page_of_a_fresh_server(home_with_runs, br
     page = new_page(browser)
     try:
         page.goto(f"http://127.0.0.1:{port}{path}")
-        page.get_by_role("heading", name=title, level=1).wait_for(timeout=60_000)
+        page.get_by_role("heading", name=title, level=1).wait_for(timeout=RERUN_TIMEOUT_MS)
         settle(page)
         assert_no_exception(page)
         links = page.locator('[data-testid="stSidebarNav"]').get_by_role("link")
@@ -122,7 +123,7 @@ def test_training_survives_a_server_restart_under_an_open_train_tab(browser, tmp
     pid = None
     try:
         page.goto(f"{url}/data")
-        page.get_by_role("heading", name="Data", level=1).wait_for(timeout=60_000)
+        page.get_by_role("heading", name="Data", level=1).wait_for(timeout=RERUN_TIMEOUT_MS)
         page.get_by_role("tab", name="Sample data").click()
         page.get_by_role("button", name="Load the sample dataset").click()
         page.get_by_text("Thumbnails").wait_for(timeout=120_000)
@@ -139,7 +140,7 @@ def test_training_survives_a_server_restart_under_an_open_train_tab(browser, tmp
             box.press("Enter")
             settle(page)
         page.get_by_role("button", name="Start training").click()
-        page.wait_for_url(re.compile(r"run="), timeout=30_000)
+        page.wait_for_url(re.compile(r"run="), timeout=RERUN_TIMEOUT_MS)
         run_id = re.search(r"run=([\w-]+)", page.url).group(1)
         run_dir = home / "workspace" / "runs" / run_id
         page.get_by_text(re.compile(r"Validation confusion matrix, epoch \d+")).wait_for(timeout=240_000)
@@ -149,8 +150,8 @@ def test_training_survives_a_server_restart_under_an_open_train_tab(browser, tmp
 
         stop_server(proc)  # the server goes; the tab stays open on /train?data=...&run=...
         assert process_running(pid), "the training worker ended with the server"
-        shot(page, "arrival-restart-2-server-down")
-        time.sleep(2)
+        page.locator('[data-testid="stApp"]:not([data-test-connection-state="CONNECTED"])').wait_for()
+        shot(page, "arrival-restart-2-server-down")  # the tab has noticed
         proc = start_server(home, port, log="server-2.log")
 
         wanted = "n => [...document.querySelectorAll('[data-testid=\"stProgress\"]')].some(e => {" \
@@ -159,7 +160,7 @@ def test_training_survives_a_server_restart_under_an_open_train_tab(browser, tmp
                   "e.innerText.includes('running') && e.innerText !== s)"
         t0 = time.time()
         try:
-            page.wait_for_function(redrawn, arg=stale, timeout=60_000)  # the tab reconnects by itself
+            page.wait_for_function(redrawn, arg=stale, timeout=RERUN_TIMEOUT_MS)  # the tab reconnects by itself
             how = f"reconnected by itself in {time.time() - t0:.0f} s"
         except PlaywrightTimeout:
             page.reload()
@@ -174,7 +175,7 @@ def test_training_survives_a_server_restart_under_an_open_train_tab(browser, tmp
         shot(page, "arrival-restart-3-reattached")
 
         page.get_by_role("button", name="Stop").click()
-        page.get_by_text("Download the model package (zip)").wait_for(timeout=60_000)
+        page.get_by_text("Download the model package (zip)").wait_for(timeout=RERUN_TIMEOUT_MS)
         expect(page.locator('[data-testid="stProgress"]').last).to_contain_text("stopped")
         shot(page, "arrival-restart-4-stopped")
         deadline = time.time() + 30
@@ -223,7 +224,7 @@ def test_zip_of_hundreds_of_mb_uploads_without_copies_in_memory(browser, tmp_pat
     page = new_page(browser)
     try:
         page.goto(f"http://127.0.0.1:{port}/data")
-        page.get_by_role("heading", name="Data", level=1).wait_for(timeout=60_000)
+        page.get_by_role("heading", name="Data", level=1).wait_for(timeout=RERUN_TIMEOUT_MS)
         page.get_by_role("tab", name="Upload a zip").click()
         settle(page)
         base = memory_kb(proc.pid)["VmRSS"]

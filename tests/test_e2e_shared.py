@@ -11,9 +11,10 @@ import pytest
 from playwright.sync_api import expect
 
 from conftest import ROOT, make_dataset
-from e2e_helpers import IdentityProxy, chromium, free_port, new_page, settle, shot, start_server, stop_server
+from e2e_helpers import RERUN_TIMEOUT_MS, IdentityProxy, chromium, free_port, new_page, settle, shot, start_server, stop_server
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
+
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +32,11 @@ def test_two_people_behind_the_proxy_never_see_each_others_data(browser, tmp_pat
     alice, bob = new_page(browser), new_page(browser)
     try:
         alice.goto(f"{proxy.url('alice')}/data")
-        alice.get_by_role("heading", name="Data", level=1).wait_for(timeout=60_000)
+        alice.get_by_role("heading", name="Data", level=1).wait_for(timeout=RERUN_TIMEOUT_MS)
         data = make_dataset(tmp_path / "upload" / "slides", {"mitosis": 6, "stroma": 6})
         alice.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files(str(data))
         alice.get_by_role("button", name="Use this folder").click()
-        alice.get_by_text("Thumbnails").wait_for(timeout=60_000)
+        alice.get_by_text("Thumbnails").wait_for(timeout=RERUN_TIMEOUT_MS)
         settle(alice)
         expect(alice.locator('[data-testid="stSidebar"]')).to_contain_text("Signed in as alice")
         assert "project=alice%2Fmain" in alice.url and "data=" in alice.url
@@ -43,7 +44,7 @@ def test_two_people_behind_the_proxy_never_see_each_others_data(browser, tmp_pat
         shot(alice, "shared-alice")
 
         bob.goto(link)
-        bob.get_by_role("heading", name="Data", level=1).wait_for(timeout=60_000)
+        bob.get_by_role("heading", name="Data", level=1).wait_for(timeout=RERUN_TIMEOUT_MS)
         settle(bob)
         body = bob.locator("body").inner_text()
         assert "There is no project 'alice/main' that you can open" in body
@@ -85,11 +86,11 @@ def test_every_interface_without_sign_in_needs_the_flag_and_warns(browser, tmp_p
             try:
                 page.goto(f"http://127.0.0.1:{port}/runs")
                 if refused:
-                    page.get_by_text("listens on 0.0.0.0 with no sign-in").wait_for(timeout=60_000)
+                    page.get_by_text("listens on 0.0.0.0 with no sign-in").wait_for(timeout=RERUN_TIMEOUT_MS)
                     settle(page)
                     expect(page.get_by_role("heading", name="Runs", level=1)).to_have_count(0)
                 else:
-                    page.get_by_role("heading", name="Runs", level=1).wait_for(timeout=60_000)
+                    page.get_by_role("heading", name="Runs", level=1).wait_for(timeout=RERUN_TIMEOUT_MS)
             finally:
                 stop_server(proc)
             log = (home / "server.log").read_text()
@@ -111,16 +112,16 @@ def test_a_password_sign_in_survives_a_reload_until_sign_out(browser, tmp_path, 
         page.get_by_label("User name").fill("kim")
         page.get_by_label("Password", exact=True).fill("kim-password-1")
         page.get_by_role("button", name="Sign in").click()
-        page.get_by_role("heading", name="Runs", level=1).wait_for(timeout=60_000)
+        page.get_by_role("heading", name="Runs", level=1).wait_for(timeout=RERUN_TIMEOUT_MS)
         settle(page)
         page.reload()  # a new session: the signed cookie signs it in
-        page.get_by_role("heading", name="Runs", level=1).wait_for(timeout=60_000)
+        page.get_by_role("heading", name="Runs", level=1).wait_for(timeout=RERUN_TIMEOUT_MS)
         expect(page.locator('[data-testid="stSidebar"]')).to_contain_text("Signed in as kim")
         page.get_by_role("button", name="Sign out").click()
-        page.get_by_label("User name").wait_for(timeout=30_000)
+        page.get_by_label("User name").wait_for(timeout=RERUN_TIMEOUT_MS)
         settle(page)
         page.reload()
-        page.get_by_label("User name").wait_for(timeout=30_000)
+        page.get_by_label("User name").wait_for(timeout=RERUN_TIMEOUT_MS)
         expect(page.get_by_role("heading", name="Runs", level=1)).to_have_count(0)
     finally:
         page.context.close()

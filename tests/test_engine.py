@@ -15,6 +15,8 @@ from core.train.engine import TrainingDiverged, fit
 from core.runs import read_jsonl
 from core.models.weights import WeightsError, read_state_file, resolve, torchvision_cache_file
 
+pytestmark = pytest.mark.integration
+
 
 def small_config(data, **optim) -> RunConfig:
     config = RunConfig()

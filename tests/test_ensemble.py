@@ -23,6 +23,8 @@ from core.evaluate.predict import Predictor, image_files, load_any
 from core.train.engine import fit
 from test_engine import small_config
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):

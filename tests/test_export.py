@@ -28,6 +28,8 @@ from core.evaluate.predict import Predictor
 from test_engine import small_config
 from test_runs import race
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.mark.parametrize("backbone, weights, dropout", [("resnet18", "random", 0.3),
                                                          ("efficientnet_lite0", "pretrained", 0.0)])

@@ -8,6 +8,8 @@ from core.train.callbacks import Callback
 from core.train.engine import fit
 from test_engine import small_config
 
+pytestmark = pytest.mark.unit
+
 
 class Messages(Callback):
     def __init__(self):
@@ -33,6 +35,7 @@ def feature_files(workspace):
     return sorted((workspace / "features").glob("*.pt"))
 
 
+@pytest.mark.integration
 def test_cache_is_written_then_reused_and_keyed_by_image_size(data, workspace, tmp_path):
     first, second = Messages(), Messages()
     fit(probe_config(data), tmp_path / "a", [first])
@@ -49,6 +52,7 @@ def test_cache_is_written_then_reused_and_keyed_by_image_size(data, workspace, t
     assert len(feature_files(workspace)) == 2  # a new size is a new cache entry
 
 
+@pytest.mark.integration
 def test_fast_path_matches_the_plain_loop(data, workspace, tmp_path):
     """The epoch loop on cached features against the loop on images (the head solver has no image-path twin)."""
     fast_config = probe_config(data)

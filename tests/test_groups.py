@@ -16,6 +16,8 @@ from core.data.sources import DataError
 from core.data.splits import stratified_group_kfold, stratified_group_split
 from core.data.validation import load_dataset
 
+pytestmark = pytest.mark.unit
+
 PATTERN = r"(?P<group>P\d+)_"
 _SEEDS = iter(range(20_000, 10**9))
 

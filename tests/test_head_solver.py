@@ -13,6 +13,8 @@ from core.train.engine import fit
 from core.runs import read_jsonl
 from test_search import base_config
 
+pytestmark = pytest.mark.unit
+
 
 def blobs(n=240, d=32, classes=3, noise=2.0, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -33,6 +35,7 @@ def test_the_solved_head_reaches_scikit_learns_optimum(l2):
     assert ours == pytest.approx(theirs, abs=1e-5)
 
 
+@pytest.mark.integration
 def test_the_l2_strength_comes_from_cross_validation_on_the_training_split():
     x, y = blobs(noise=4.0)
     solution = head_solver.fit_head(x, y, 3)
@@ -92,6 +95,7 @@ class Messages(Callback):
         self.texts.append(text)
 
 
+@pytest.mark.integration
 def test_the_default_run_solves_the_head_and_calibrates_it(tmp_path, workspace):
     data = make_dataset(tmp_path / "data", {"red": 16, "blue": 16, "green": 16})
     config = base_config(data)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import pytest
 from PIL import Image
 
 from conftest import COLOURS, PEAK_MB, RESTART_PEAK, ROOT, image_bytes, make_dataset
@@ -29,6 +30,8 @@ from core.data.augment import train_transform
 from core.data.images import ImageError, inspect_image
 from core.data.loaders import ImageDataset
 from core.data.validation import open_dataset
+
+pytestmark = pytest.mark.integration
 
 VALIDATE = PEAK_MB + """
 from core.data.validation import load_dataset

@@ -14,6 +14,8 @@ import pytest
 
 from conftest import PEAK_MB, RESTART_PEAK, ROOT, image_bytes
 
+pytestmark = pytest.mark.integration
+
 INGEST = PEAK_MB + """
 from core.data.sources import DataError, ingest
 """ + RESTART_PEAK + """

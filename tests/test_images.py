@@ -15,6 +15,8 @@ from PIL import Image
 from conftest import ROOT, image_bytes
 from core.data.images import MAX_PIXELS, ImageError, decode_image, inspect_image, to_pil, to_tensor
 
+pytestmark = pytest.mark.unit
+
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
 
@@ -302,6 +304,7 @@ def test_max_pixels_argument_below_image_size_is_refused():
         inspect_image(data, max_pixels=100)
 
 
+@pytest.mark.integration
 def test_pillows_process_wide_guard_is_left_alone():
     """Other code in the server process (thumbnails, charts, libraries) keeps Pillow's own bomb protection."""
     code = ("from PIL import Image; default = Image.MAX_IMAGE_PIXELS; import core.data.images; "

@@ -15,6 +15,8 @@ from core.models import backbones, inference
 from core.train import features
 from core.train.engine import fit
 
+pytestmark = pytest.mark.integration
+
 CPU = torch.device("cpu")
 
 

@@ -138,6 +138,8 @@ from conftest import ROOT
 from core.jobs.registry import JobError
 from core.runs import read_json, read_jsonl
 
+pytestmark = pytest.mark.integration
+
 
 def timing_free(rows):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]

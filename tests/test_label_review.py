@@ -11,6 +11,8 @@ from core.evaluate import label_review
 from core.experiments.crossval import cross_validate
 from test_engine import small_config
 
+pytestmark = pytest.mark.integration
+
 CLASSES = ["blue", "green", "red"]
 
 
@@ -71,7 +73,7 @@ def test_a_folder_without_finished_folds_says_so(tmp_path):
         label_review.review(tmp_path)
 
 
-def test_cross_validation_finds_an_image_in_the_wrong_class_folder(workspace, tmp_path, one_thread):
+def test_cross_validation_finds_an_image_in_the_wrong_class_folder(workspace, tmp_path):
     data = make_dataset(tmp_path / "data", {"red": 12, "blue": 12, "green": 12})
     (data / "red" / "0.png").rename(data / "blue" / "moved.png")  # a red image filed as blue
     config = small_config(data, epochs=5, lr=1e-3)

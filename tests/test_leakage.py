@@ -13,6 +13,8 @@ from core.evaluate import leakage
 from core.runs import write_json
 from core.train.engine import dataset_features
 
+pytestmark = pytest.mark.unit
+
 SPLITS = ["train"] * 20 + ["val"] * 12 + ["test"] * 8
 
 
@@ -96,7 +98,7 @@ def jpeg(img: Image.Image, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def test_a_reencoded_copy_in_val_is_found_from_real_features(tmp_path, workspace, one_thread):
+def test_a_reencoded_copy_in_val_is_found_from_real_features(tmp_path, workspace):
     root = tmp_path / "data"
     for s, (split, n) in enumerate((("train", 8), ("val", 4))):
         for c, name in enumerate(("cat", "dog")):

@@ -15,10 +15,11 @@ from core.models import backbones, strategies
 from core.train.lr_finder import LRFindResult, find_lr
 from core.data.validation import Sample
 
+pytestmark = pytest.mark.unit
+
 CPU = torch.device("cpu")
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

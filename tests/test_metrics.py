@@ -6,6 +6,8 @@ import torch
 
 from core.evaluate.metrics import confusion_matrix, normalize_rows, per_class, summary
 
+pytestmark = pytest.mark.unit
+
 
 def test_confusion_rows_are_true_classes():
     preds = torch.tensor([0, 1, 1, 2, 2, 2])

@@ -11,6 +11,8 @@ from conftest import ROOT, make_dataset
 from core.data.sources import ingest
 from core.models import backbones
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def app(workspace, tmp_path):

@@ -11,6 +11,8 @@ from core.data import overrides
 from core.data.sources import DataError
 from core.data.validation import load_dataset, open_dataset
 
+pytestmark = pytest.mark.unit
+
 
 def labels_of(dataset) -> dict[str, str]:
     return {s.path: dataset.classes[s.label] for s in dataset.samples}

@@ -8,6 +8,8 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, image_bytes, COLOURS
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def at(workspace, monkeypatch):

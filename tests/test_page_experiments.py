@@ -14,6 +14,8 @@ from core.runs import read_json
 from test_crossval import cv_config, patients
 from test_search import base_config
 
+pytestmark = pytest.mark.integration
+
 CV_ID, SEARCH_ID = "20260101-000000-cv0000", "20260101-000000-se0000"
 
 
@@ -143,7 +145,6 @@ def test_a_new_cross_validation_keeps_patients_together_and_can_be_followed(work
     assert list(at.dataframe[0].value["fold"]) == [1, 2]
 
 
-@pytest.mark.slow
 def test_an_ensemble_of_the_fold_models_is_scored_beside_its_members_and_exported(workspace_env):
     at = open_page("views/ensembles.py", cv=CV_ID)
     at.button(key="ens-build").click().run()

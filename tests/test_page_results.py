@@ -22,6 +22,8 @@ from core import runs
 from core.train.engine import fit
 from test_engine import small_config
 
+pytestmark = pytest.mark.integration
+
 FINISHED, BARELY, CUT = "20260101-000000-aaaaaa", "20260102-000000-bbbbbb", "20260103-000000-cccccc"
 
 

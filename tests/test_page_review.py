@@ -11,6 +11,8 @@ from core import runs
 from core.data import overrides
 from core.data.validation import load_dataset
 
+pytestmark = pytest.mark.integration
+
 CV_ID = "20260101-000000-cvcvcv"
 WRONG = "red/0.png"  # labelled red; the fold models are sure it is blue
 

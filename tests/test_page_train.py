@@ -13,6 +13,8 @@ from conftest import ROOT, make_dataset
 from core.deploy import export
 from core.data.sources import ingest
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def app(workspace, tmp_path):
@@ -151,6 +153,7 @@ def test_the_speed_settings_reach_the_run(app, workspace):
     assert written["provenance"]["features"] == {"engine": "channels_last"}
 
 
+@pytest.mark.distributed
 def test_processes_on_this_machine_train_one_run_and_the_cluster_commands_follow_the_settings(app, workspace):
     at = app("views/train.py")
     at.number_input(key="train-epochs").set_value(1)

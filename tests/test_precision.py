@@ -13,6 +13,8 @@ from core.train.engine import Step, fit, train_one_epoch
 from core.train.callbacks import Callback, Callbacks, State
 from test_engine import small_config
 
+pytestmark = pytest.mark.integration
+
 CPU = torch.device("cpu")
 
 

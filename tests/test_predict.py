@@ -17,6 +17,8 @@ from core.evaluate.predict import Predictor, image_files, predictions_csv, top_k
 from test_cli import cli
 from test_engine import small_config
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):

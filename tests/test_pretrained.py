@@ -11,6 +11,8 @@ from core.config import AugmentConfig, RunConfig
 from core.data.images import decode_image
 from core.models.weights import WeightsError, map_in_order, resolve, sha256_file
 
+pytestmark = pytest.mark.integration
+
 LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 ANT, BEE = 310, 309  # ImageNet class indices
 
@@ -57,7 +59,6 @@ def test_a_file_that_does_not_line_up_is_refused_with_names():
         map_in_order(b, state)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", LITES)
 def test_imagenet_head_sees_ants_and_bees(name, hymenoptera):
     """The proof that weights and preprocessing are right: the untouched 1000-class head names the insect."""

@@ -7,6 +7,8 @@ import pytest
 
 from core import runs
 
+pytestmark = pytest.mark.unit
+
 
 def test_find_run_takes_plain_ids_only(tmp_path):
     root = tmp_path / "runs"

@@ -10,6 +10,8 @@ from PIL import Image
 from core.models import backbones
 from core.evaluate import saliency
 
+pytestmark = pytest.mark.unit
+
 NAMES = list(backbones.REGISTRY)
 
 
@@ -106,6 +108,7 @@ def test_overlay_colours_the_hot_half_warm_and_keeps_the_picture_size():
     assert not np.array_equal(pixels, np.asarray(grey.convert("RGB")))
 
 
+@pytest.mark.integration
 def test_grad_cam_and_predictions_on_the_same_model_at_once_both_come_out_right():
     """The server shares one model per run: one session's Grad-CAM while another predicts with that same model
     object must change neither result."""

@@ -1,6 +1,7 @@
 """The built-in sample: deterministic, clean to the validator, and learnable by the default run."""
 from __future__ import annotations
 
+import pytest
 import hashlib
 import time
 from pathlib import Path
@@ -9,6 +10,8 @@ from core.config import RunConfig
 from core.train.engine import fit
 from core.data.sample_data import CLASSES, SAMPLE_NAME, describe, write_sample
 from core.data.validation import load_dataset
+
+pytestmark = pytest.mark.unit
 
 
 def hashes(folder: Path) -> dict[str, str]:
@@ -35,6 +38,7 @@ def test_the_sample_passes_validation_cleanly(tmp_path, workspace):
     assert "3 classes of 40 generated pictures" in describe()
 
 
+@pytest.mark.integration
 def test_the_default_run_learns_the_sample_in_seconds(tmp_path, workspace, monkeypatch):
     """What a first-time user gets from one click: RunConfig() defaults, only the data set."""
     for var in ("HF_HOME", "TORCH_HOME"):  # no library cache: the packaged ImageNet weights, as on a fresh install

@@ -5,6 +5,8 @@ import torch
 from core.config import OptimConfig
 from core.train.schedules import make_scheduler
 
+pytestmark = pytest.mark.unit
+
 
 def run(schedule, epochs=6, steps=10, metric=None, **kw):
     p1, p2 = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))

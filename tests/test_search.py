@@ -16,6 +16,8 @@ from core.experiments.space import check, grid
 from core.runs import load_run, read_json, read_jsonl
 from core.train.engine import fit
 
+pytestmark = pytest.mark.integration
+
 
 def base_config(data) -> RunConfig:
     """A linear probe on cached features of a small random backbone: a trial takes a fraction of a second."""
@@ -145,7 +147,6 @@ def _cli(*args, **kwargs) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"}, **kwargs)
 
 
-@pytest.mark.slow
 def test_a_killed_search_resumes_with_the_same_study(data, workspace, tmp_path):
     out = tmp_path / "search"
     config = tmp_path / "config.json"
@@ -178,7 +179,6 @@ def test_a_killed_search_resumes_with_the_same_study(data, workspace, tmp_path):
     assert len(study.trials) == len(rows)
 
 
-@pytest.mark.slow
 def test_workers_share_one_study(data, workspace, tmp_path):
     out = tmp_path / "search"
     config = tmp_path / "config.json"

@@ -21,6 +21,8 @@ from core.jobs.registry import JobError, JobRegistry
 from core.train.engine import fit
 from test_engine import small_config
 
+pytestmark = pytest.mark.integration
+
 PAGES = ["home", "data", "model", "train", "results", "predict", "runs", "search", "crossval", "review", "ensembles"]
 RUN = "20260101-000000-a11ce0"
 SECRET_CLASSES = ("vermilion", "cerulean")  # alice's class names: text only her sessions may ever show

@@ -14,6 +14,8 @@ import pytest
 from conftest import image_bytes, make_dataset
 from core.data.sources import DataError, Limits, ingest, is_litter, safe_parts
 
+pytestmark = pytest.mark.unit
+
 PNG_A = image_bytes((220, 40, 40), seed=1)
 PNG_B = image_bytes((40, 60, 220), seed=2)
 

@@ -17,12 +17,13 @@ from core.train.callbacks import Callback
 from core.config import ModelConfig, RunConfig
 from core.train.engine import fit
 
+pytestmark = pytest.mark.unit
+
 BASE_LR = 1e-2
 WD = 1e-4
 OTHER = "efficientnet_b0"  # 9 groups, so nothing below may assume resnet's 6
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 _MODELS: dict[str, nn.Module] = {}
@@ -428,6 +429,7 @@ class RecordFreeze(Callback):
         self.messages.append(text)
 
 
+@pytest.mark.integration
 def test_fit_unfreezes_one_group_per_epoch(tmp_path, workspace, built):
     data = make_dataset(tmp_path / "data", {"red": 8, "blue": 8})
     b = backbones.get("resnet18")
@@ -464,6 +466,7 @@ def init_file(tmp_path) -> tuple:
     return path, {k: v.clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.integration
 def test_linear_probe_leaves_the_backbone_bitwise_unchanged(tmp_path, workspace):
     data = make_dataset(tmp_path / "data", {"red": 8, "blue": 8})
     path, init = init_file(tmp_path)
@@ -481,6 +484,7 @@ def test_linear_probe_leaves_the_backbone_bitwise_unchanged(tmp_path, workspace)
     assert saved["fc.weight"].shape == (2, 512)
 
 
+@pytest.mark.integration
 def test_linear_probe_with_train_frozen_bn_updates_statistics_only(tmp_path, workspace):
     data = make_dataset(tmp_path / "data", {"red": 8, "blue": 8})
     path, init = init_file(tmp_path)

@@ -14,6 +14,8 @@ from core.config import DataConfig
 from core.data.splits import stratified_kfold, stratified_split
 from core.data.validation import load_dataset
 
+pytestmark = pytest.mark.unit
+
 
 _SEEDS = iter(range(10_000, 10**9))
 

@@ -11,6 +11,8 @@ from core.models import backbones
 from core.models import weights
 from core.models.weights import WeightsError, match_state, resolve
 
+pytestmark = pytest.mark.unit
+
 B = backbones.get("resnet18")
 
 

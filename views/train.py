@@ -37,6 +37,13 @@ def live() -> None:
         st.page_link("views/results.py", label="Open its results", icon=":material/insights:",
                      query_params={"run": st.query_params.get("run", "")})
         return
+    if not snap.active and st.session_state.get("seen_active") == snap.id:
+        # The job just ended: the whole page once more (polling stops), before this run draws anything. A download
+        # button drawn here would be revoked by that rerun while a person clicks it, and the download never came.
+        st.session_state.seen_active = None
+        st.rerun()
+    if snap.active:
+        st.session_state.seen_active = snap.id
     if snap.status == "queued":
         st.info(f"Queued: position {snap.queue_position}. It starts when the running job ends.")
     left = f", about {snap.eta:.0f} s left" if snap.eta is not None else ""
@@ -64,11 +71,6 @@ def live() -> None:
     with st.expander("Log", expanded=bool(snap.error)):
         for _, level, text in snap.messages:
             (st.warning if level == "warning" else st.error if level == "error" else st.write)(text)
-    if not snap.active and st.session_state.get("seen_active") == snap.id:
-        st.session_state.seen_active = None
-        st.rerun()  # the whole page once more: polling stops
-    if snap.active:
-        st.session_state.seen_active = snap.id
 
 
 key = st.query_params.get("data")

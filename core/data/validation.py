@@ -7,7 +7,6 @@ the GIL) and the result cached beside the copy, so validating the same data agai
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 from statistics import median
 from typing import Callable
 
+from core import settings
 from core.config import DataConfig
 from core.data import overrides
 from core.data.groups import assign_groups
@@ -212,7 +212,7 @@ def _scan(ingested: Ingested, progress: Progress | None) -> dict[str, dict]:
             return path, {"error": str(exc)}
         return path, {"width": info.width, "height": info.height, "mode": info.mode, "format": info.format}
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+    with ThreadPoolExecutor(max_workers=settings.cpus()) as pool:
         for done, (path, info) in enumerate(pool.map(one, paths), 1):
             results[path] = info
             if progress:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torchvision.transforms import v2
 
+from core import settings
 from core.models import backbones, inference
 from core import runs
 from core.data.augment import eval_transform
@@ -122,7 +122,7 @@ class Predictor:
                 return str(exc)
 
         items = iter(items)
-        with ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="decode") as pool:
+        with ThreadPoolExecutor(settings.cpus(), thread_name_prefix="decode") as pool:
             while block := list(itertools.islice(items, chunk)):
                 batch = []
                 for (name, _), got in zip(block, pool.map(read, block)):

@@ -13,6 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from core import settings
 from core.config import DistributedConfig, RunConfig
 
 # Restarted workers hang on torch 2.14 when the agent shares its rendezvous store with them (pytorch issue 135712).
@@ -28,7 +29,7 @@ def needs_torchrun(d: DistributedConfig) -> bool:
 def environment(config: RunConfig) -> dict[str, str]:
     """This process's environment for torchrun, with each worker's share of the run's threads on this machine
     (torchrun would otherwise set OMP_NUM_THREADS=1 and warn)."""
-    threads = max(1, (config.threads or os.cpu_count() or 1) // config.distributed.nproc)
+    threads = max(1, (config.threads or settings.cpus()) // config.distributed.nproc)
     return dict(os.environ) | ENV | {"OMP_NUM_THREADS": str(threads)}
 
 

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from core import settings
 from core.accounts import quotas
 from core.accounts.projects import PROJECTS, home_of
 from core.accounts.users import User
@@ -59,7 +60,7 @@ class JobRegistry:
         self.max_running = max_running or max_jobs()
         self.keep_finished = keep_finished
         # Each worker's share of the cores, fixed so a run computes the same alone or beside another job.
-        self.threads = threads or max(1, (os.cpu_count() or 2) // self.max_running)
+        self.threads = threads or max(1, settings.cpus() // self.max_running)
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._queue: list[str] = []

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import random
 import threading
 import time
@@ -25,6 +24,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torchvision.transforms import v2
 
+from core import settings
 from core.models import backbones, inference
 from core.evaluate import heldout
 from core.train import distributed, features, head_solver, precision
@@ -381,7 +381,7 @@ def prepare(config: RunConfig, dataset: Dataset | None, cb: Callback) -> Prepare
     """Seeds, threads, data, weights, strategy, model and image loaders: shared by fit and the LR finder."""
     config = copy.deepcopy(config)
     _seed_everything(config.seed)
-    torch.set_num_threads(max(1, (config.threads or os.cpu_count() or 1) // distributed.local_processes()))
+    torch.set_num_threads(max(1, (config.threads or settings.cpus()) // distributed.local_processes()))
     device = distributed.setup(_device(config.device))
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input sizes: let cuDNN time its kernels once
     check_config(config)

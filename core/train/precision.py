@@ -10,10 +10,10 @@ range flushes small gradients to 0 without one).
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 
 import torch
+from core import settings
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -43,7 +43,7 @@ def loader_workers(asked: int, device: torch.device) -> int:
     decoding is a few percent of a training step and workers would take cores from the arithmetic."""
     if asked >= 0:
         return asked
-    return min(8, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
+    return min(8, max(1, settings.cpus() - 1)) if device.type == "cuda" else 0
 
 
 def layout(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
