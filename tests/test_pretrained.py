@@ -62,7 +62,6 @@ def test_a_file_that_does_not_line_up_is_refused_with_names():
 @pytest.mark.parametrize("name", LITES)
 def test_imagenet_head_sees_ants_and_bees(name, hymenoptera):
     """The proof that weights and preprocessing are right: the untouched 1000-class head names the insect."""
-    torch.set_num_threads(2)
     b = backbones.get(name)
     state, _ = resolve(b, "pretrained")
     model = b.build()
