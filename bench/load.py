@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the browser tests' server, Chromium and signing-in proxy
 
 from core.processes import descendants  # noqa: E402
-from e2e_helpers import CHROMIUM, CHROMIUM_FLAGS, IdentityProxy, free_port, start_server, stop_server  # noqa: E402
+from e2e_helpers import CHROMIUM, CHROMIUM_FLAGS, IDLE, IdentityProxy, free_port, start_server, stop_server  # noqa: E402
 
 HEADER = "X-Forwarded-User"
 UPLOAD_TIMEOUT_MS = 300_000
@@ -96,8 +96,9 @@ def threads_of(pid: int) -> int:
 
 
 async def settle(page) -> None:
-    await page.wait_for_timeout(300)
-    await page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=120_000)
+    """Until the rerun the last action caused has finished (the app's script state, as the browser tests wait)."""
+    await page.locator(IDLE).wait_for(timeout=UPLOAD_TIMEOUT_MS)
+    await page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=UPLOAD_TIMEOUT_MS)
 
 
 async def open_as(browser, user: str):
@@ -106,8 +107,8 @@ async def open_as(browser, user: str):
 
 
 async def choose(page, folder: Path) -> None:
-    """Pick a folder in the folder uploader and wait for every file to arrive: "Use this folder" shows with
-    the first file, and a click before the last one loads a part of the folder."""
+    """Pick a folder in the folder uploader, wait for every file to arrive ("Use this folder" shows with the first
+    file, and a click before the last one loads a part of the folder), then for the button."""
     files, done = len(list(folder.rglob("*.png"))), []
 
     def finished(request) -> None:
@@ -115,13 +116,30 @@ async def choose(page, folder: Path) -> None:
             done.append(request.url)
     page.on("requestfinished", finished)
     try:
-        await page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files(str(folder))
+        uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="Choose a folder")
+        await uploader.locator("input[type=file]").set_input_files(str(folder))
         deadline = time.time() + UPLOAD_TIMEOUT_MS / 1000
         while len(done) < files and time.time() < deadline:
             await asyncio.sleep(0.2)
     finally:
         page.remove_listener("requestfinished", finished)
+    await page.get_by_role("button", name="Use this folder").wait_for(timeout=UPLOAD_TIMEOUT_MS)
     await settle(page)
+
+
+async def use_folder(page, key: str | None = None) -> str:
+    """Click "Use this folder" and wait until the page shows the loaded dataset: its key in the URL and in the
+    sidebar (drawn by the rerun that follows the load, with a fresh uploader; a folder picked before that rerun
+    ends goes into the uploader it replaces, and is lost). Returns the key."""
+    before = re.search(r"data=(\w+)", page.url)
+    await page.get_by_role("button", name="Use this folder").click(timeout=UPLOAD_TIMEOUT_MS)
+    await page.wait_for_url(lambda u: (m := re.search(r"data=(\w+)", u)) is not None and (
+        m.group(1) == key if key else before is None or m.group(1) != before.group(1)), timeout=UPLOAD_TIMEOUT_MS)
+    key = re.search(r"data=(\w+)", page.url).group(1)
+    await page.locator('[data-testid="stSidebar"]').get_by_text(key).wait_for(timeout=UPLOAD_TIMEOUT_MS)
+    await page.get_by_text("Thumbnails").wait_for(timeout=UPLOAD_TIMEOUT_MS)
+    await settle(page)
+    return key
 
 
 async def upload(page, url: str, folder: Path) -> str:
@@ -129,10 +147,7 @@ async def upload(page, url: str, folder: Path) -> str:
     await page.goto(f"{url}/data")
     await page.get_by_role("heading", name="Data", level=1).wait_for(timeout=120_000)
     await choose(page, folder)
-    await page.get_by_role("button", name="Use this folder").click(timeout=UPLOAD_TIMEOUT_MS)
-    await page.get_by_text("Thumbnails").wait_for(timeout=UPLOAD_TIMEOUT_MS)
-    await settle(page)
-    return re.search(r"data=(\w+)", page.url).group(1)
+    return await use_folder(page)
 
 
 async def start_run(page, url: str, project: str, key: str, epochs: int) -> str:
@@ -236,10 +251,16 @@ async def cycles_phase(browser, url: str, folders: list[Path], cycles: int, memo
         await page.goto(f"{url}/data")
         await page.get_by_role("heading", name="Data", level=1).wait_for(timeout=120_000)
         for i in range(cycles):
-            await choose(page, folders[i % 2])
-            await page.get_by_role("button", name="Use this folder").click(timeout=UPLOAD_TIMEOUT_MS)
-            await page.wait_for_url(re.compile(f"data={keys[i % 2]}"), timeout=UPLOAD_TIMEOUT_MS)
-            await settle(page)
+            try:
+                await choose(page, folders[i % 2])
+                await use_folder(page, keys[i % 2])
+            except Exception as exc:
+                shot = ROOT / "test-artifacts" / "load" / f"cycle-{i}.png"
+                shot.parent.mkdir(parents=True, exist_ok=True)
+                await page.screenshot(path=str(shot), full_page=True)
+                text = " ".join((await page.locator('[data-testid="stMain"]').inner_text()).split())[:600]
+                raise RuntimeError(f"cycle {i}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}; "
+                                   f"the page showed: {text} (screenshot {shot})") from exc
             rss.append(memory.now)
     finally:
         await context.close()
