@@ -22,7 +22,6 @@ from e2e_helpers import RERUN_TIMEOUT_MS, SHOTS, nav, page, server, settle, shot
 pytestmark = pytest.mark.e2e
 
 
-
 def test_upload_train_watch_reload_stop_download(server, page, tmp_path, capsys):
     url, home = server
     data = make_dataset(tmp_path / "upload" / "fruit", {"apple": 8, "plum": 8}, size=(64, 48))

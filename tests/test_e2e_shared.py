@@ -16,7 +16,6 @@ from e2e_helpers import RERUN_TIMEOUT_MS, IdentityProxy, chromium, free_port, ne
 pytestmark = pytest.mark.e2e
 
 
-
 @pytest.fixture(scope="module")
 def browser():
     with chromium() as b:

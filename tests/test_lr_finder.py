@@ -20,8 +20,6 @@ pytestmark = pytest.mark.unit
 CPU = torch.device("cpu")
 
 
-
-
 @pytest.fixture
 def loader(tmp_path):
     root = make_dataset(tmp_path / "data", {"red": 10, "blue": 10, "green": 10}, size=(16, 16))

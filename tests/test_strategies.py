@@ -24,8 +24,6 @@ WD = 1e-4
 OTHER = "efficientnet_b0"  # 9 groups, so nothing below may assume resnet's 6
 
 
-
-
 _MODELS: dict[str, nn.Module] = {}
 
 
