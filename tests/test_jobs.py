@@ -201,7 +201,7 @@ def test_stop_during_feature_extraction_ends_stopped(registry, workspace, tmp_pa
     asked = time.time()
     registry.stop(job_id)
     done = wait(registry, job_id, lambda s: not s.active, timeout=30)
-    assert time.time() - asked < 5
+    assert time.time() - asked < 15  # one feature batch and the exit; sized for a busy machine (bench/jobs.py: 1.7 s idle)
     assert done.status == "stopped" and done.error is None
     assert read_json(done.run_dir / "status.json")["status"] == "stopped"
 
