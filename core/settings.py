@@ -1,4 +1,5 @@
-"""Settings read from the environment (FTLAB_*), each with its default and the reason for it."""
+"""Settings read from the environment, each with its default and the reason for it. So far FTLAB_CPUS; the other
+FTLAB_* variables are still read where they are used (issue 24 gathers them here)."""
 from __future__ import annotations
 
 import os
