@@ -240,14 +240,16 @@ def test_the_app_follows_stops_and_resumes_a_run_on_two_processes(tmp_path, larg
     snap = registry.snapshot(job_id)
     processes = [snap.pid, *descendants(snap.pid)]
     assert len(worker_pids(snap.pid)) == 2
-    asked = time.time()
     registry.stop(job_id)
-    done = wait(registry, job_id, lambda s: not s.active, timeout=30)
-    assert done.status == "stopped" and time.time() - asked < 10
-    time.sleep(0.5)
-    assert [p for p in processes if process_start_time(p) is not None] == []  # no process left behind
+    done = wait(registry, job_id, lambda s: not s.active, timeout=60)
+    assert done.status == "stopped"
+    deadline = time.time() + 30  # no process left behind, once each has been reaped
+    while [p for p in processes if process_start_time(p) is not None] and time.time() < deadline:
+        time.sleep(0.05)
+    assert [p for p in processes if process_start_time(p) is not None] == []
     assert runs.read_json(done.run_dir / "status.json")["status"] == "stopped"
     stopped_at = len(rows(done.run_dir))
+    assert stopped_at < 30  # stopped mid-run, not at its end
     config.optim.epochs = stopped_at + 1
     resumed = registry.submit(config, resume_dir=done.run_dir)
     final = wait(registry, resumed, lambda s: not s.active, timeout=120)

@@ -108,7 +108,7 @@ def test_a_password_sign_in_survives_a_reload_until_sign_out(browser, tmp_path, 
     page = new_page(browser)
     try:
         page.goto(f"http://127.0.0.1:{port}/runs")
-        page.get_by_label("User name").fill("kim")
+        page.get_by_label("User name", exact=True).fill("kim")
         page.get_by_label("Password", exact=True).fill("kim-password-1")
         page.get_by_role("button", name="Sign in").click()
         page.get_by_role("heading", name="Runs", level=1).wait_for(timeout=RERUN_TIMEOUT_MS)
@@ -117,10 +117,10 @@ def test_a_password_sign_in_survives_a_reload_until_sign_out(browser, tmp_path, 
         page.get_by_role("heading", name="Runs", level=1).wait_for(timeout=RERUN_TIMEOUT_MS)
         expect(page.locator('[data-testid="stSidebar"]')).to_contain_text("Signed in as kim")
         page.get_by_role("button", name="Sign out").click()
-        page.get_by_label("User name").wait_for(timeout=RERUN_TIMEOUT_MS)
+        page.get_by_label("User name", exact=True).wait_for(timeout=RERUN_TIMEOUT_MS)
         settle(page)
         page.reload()
-        page.get_by_label("User name").wait_for(timeout=RERUN_TIMEOUT_MS)
+        page.get_by_label("User name", exact=True).wait_for(timeout=RERUN_TIMEOUT_MS)
         expect(page.get_by_role("heading", name="Runs", level=1)).to_have_count(0)
     finally:
         page.context.close()
