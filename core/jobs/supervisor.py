@@ -1,9 +1,10 @@
 """The supervising thread: starts a worker process (or re-attaches to one), folds its events into the Job,
 and turns how the process ended into the job's status.
 
-Workers run in their own session (process group), so they outlive the server: a Ctrl-C on `make run` or a
-crash of the server leaves training running, and the next server re-attaches from the job folder
-(JOB_DIR/worker.json holds the pid and the process's start time, so a reused pid is never mistaken for it).
+Workers (forked by forkserver.py, with torch imported) run in their own session (process group), so they outlive
+the server: a Ctrl-C on `make run` or a crash of the server leaves training running, and the next server
+re-attaches from the job folder (JOB_DIR/worker.json holds the pid and the process's start time, so a reused pid
+is never mistaken for it).
 A training job on several processes is torchrun (launch.py) starting the same worker entry N times: its pid is
 torchrun's, which passes a stop on to its workers; a kill after the grace period takes the whole process tree.
 """
@@ -20,7 +21,7 @@ from typing import Callable
 
 from core.config import ROOT
 from core.jobs.events import EVENTS, read_events
-from core.jobs import launch
+from core.jobs import forkserver, launch
 from core.jobs.job import JOB_FILE, STOP_FILE, Job
 from core.processes import kill_tree, process_start_time
 from core.runs import read_json, write_json, write_status
@@ -43,21 +44,24 @@ def live_worker(job_dir: Path) -> int | None:
     return info["pid"] if started is not None and started == info.get("started") else None
 
 
-def start_worker(job: Job) -> subprocess.Popen:
+def start_worker(job: Job) -> subprocess.Popen | forkserver.Child:
+    """`python -m core worker JOB_DIR`: forked from the fork server, or under torchrun on several processes."""
     write_json(job.dir / JOB_FILE, {"kind": job.kind, "config": job.config.to_dict(), "resume": job.resume,
                                     "steps": job.steps, "user": job.user})
     for stale in (EVENTS, STOP_FILE):
         (job.dir / stale).unlink(missing_ok=True)
-    command, env = [sys.executable, "-m", "core", "worker", str(job.dir)], None
     d = job.config.distributed
-    if job.kind == "train" and launch.needs_torchrun(d):
-        command = launch.torchrun(d, job.id) + command[1:]
-        env = launch.environment(job.config)
+    torchrun = job.kind == "train" and launch.needs_torchrun(d)
+    env = launch.environment(job.config) if torchrun else dict(os.environ)
     if job.home is not None:  # a project's job reads and writes that project's workspace only
-        env = (env or dict(os.environ)) | {"FTLAB_HOME": str(job.home)}
-    with open(job.dir / "worker.log", "ab") as log:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        env["FTLAB_HOME"] = str(job.home)
+    if torchrun:
+        with open(job.dir / "worker.log", "ab") as log:
+            proc = subprocess.Popen(launch.torchrun(d, job.id) + ["-m", "core", "worker", str(job.dir)], cwd=ROOT,
+                                    env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+    else:
+        proc = forkserver.spawn(job.dir, env, job.dir / "worker.log")
     write_json(job.dir / WORKER_FILE, {"pid": proc.pid, "started": process_start_time(proc.pid), "kind": job.kind})
     return proc
 
@@ -68,7 +72,7 @@ class Supervisor(threading.Thread):
     def __init__(self, job: Job, on_exit: Callable[[Job], None], pid: int | None = None):
         super().__init__(name=f"supervise-{job.id}", daemon=True)
         self.job, self.on_exit, self.pid = job, on_exit, pid
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen | forkserver.Child | None = None
 
     def run(self) -> None:
         job = self.job
