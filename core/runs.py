@@ -26,11 +26,10 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
-from safetensors.torch import save_file
-
+if TYPE_CHECKING:
+    import torch
 
 CV_FILE = "cv.json"
 OOF_FILE = "oof_predictions.jsonl"
@@ -106,6 +105,8 @@ def disk_bytes(path: Path) -> int:
 
 
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file  # here, not at the top: what only reads run folders needs no torch
+
     with replace_atomically(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
 
