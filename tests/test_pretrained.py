@@ -70,7 +70,7 @@ def test_imagenet_head_sees_ants_and_bees(name, hymenoptera):
     aug = AugmentConfig(image_size=b.input_size)
     tf = eval_transform(aug, b.mean, b.std)
     for cls, index in (("ants", ANT), ("bees", BEE)):
-        files = sorted((hymenoptera / "val" / cls).iterdir())
+        files = sorted((hymenoptera / "val" / cls).iterdir())[::2]  # about 38 photos of each: a wrong input is near 0%
         with torch.no_grad():
             top = torch.cat([model(torch.stack([tf(decode_image(f, aug.resize_side())) for f in files[i:i + 40]]))
                              .argmax(1) for i in range(0, len(files), 40)])
