@@ -14,7 +14,8 @@ tests/e2e_helpers.IdentityProxy, one port per user), in a temporary FTLAB_HOME, 
    --cycles times (default 50; two folders in turn, each copied before); the server's resident memory after
    the first 5 and after the last is the growth.
 4. start/stop: --start-stop times (default 20), Start training then Stop, waiting for "stopped" each time; the
-   server's threads and child processes before and after are compared.
+   server's threads and child processes (its fork server aside, which waits for the next job) before and after
+   are compared.
 
 Prints each phase's figures (failures with their reason, peak server memory, memory growth, leaked processes
 and threads) and one line of JSON. Bounded by --minutes (default 40): a phase that runs out of time fails with
@@ -283,7 +284,7 @@ async def start_stop_phase(browser, url: str, folder: Path, times: int, server_p
     finally:
         await context.close()
     await quiet(server_pid, threads_before)
-    return {"cycles": times, "leaked_processes": len(descendants(server_pid)), "threads_before": threads_before,
+    return {"cycles": times, "leaked_processes": len(workers(server_pid)), "threads_before": threads_before,
             "threads_after": threads_of(server_pid)}
 
 
@@ -291,8 +292,18 @@ async def quiet(server_pid: int, threads: int, seconds: float = 60) -> None:
     """Wait (bounded) until the server has no worker left and no more threads than `threads`: a stopped worker
     is killed after the grace period, and its supervising thread ends once it is reaped."""
     deadline = time.time() + seconds
-    while time.time() < deadline and (descendants(server_pid) or threads_of(server_pid) > threads):
+    while time.time() < deadline and (workers(server_pid) or threads_of(server_pid) > threads):
         await asyncio.sleep(1)
+
+
+def workers(server_pid: int) -> list[int]:
+    """The server's descendants but its fork server, which stays for the next job (core/jobs/forkserver.py)."""
+    def command(pid: int) -> bytes:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return b""
+    return [p for p in descendants(server_pid) if b"core.jobs.forkserver" not in command(p)]
 
 
 async def main_async(args: argparse.Namespace, home: Path) -> dict:
