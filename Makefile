@@ -28,7 +28,7 @@ $(CHROMIUM):
 # Two test processes side by side (pytest-xdist), a test file kept whole in one of them so its module fixtures are
 # built once; each test process and what it starts use one core (tests/conftest.py sets FTLAB_CPUS=1).
 TEST_PROCESSES ?= 2
-PYTEST := $(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder
+PYTEST := $(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile
 
 test: $(STAMP) $(CHROMIUM)
 	$(VENV)/bin/lint-imports

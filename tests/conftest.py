@@ -130,13 +130,6 @@ def pytest_collection_modifyitems(config, items) -> None:
         raise pytest.UsageError(f"tests without a layer ({', '.join(LAYERS)}): " + ", ".join(unmarked[:10]))
     for item in items:
         item.user_properties.append(("layer", layer_of(item)))  # reports carry it (from xdist's processes too)
-    # Files with the costliest layers first, so the two test processes end together: xdist hands out whole files
-    # in this order, and the many short unit files fill the gaps at the end instead of one long browser file.
-    order = list(LAYERS)[::-1]
-    rank: dict[str, int] = {}
-    for item in items:
-        rank[item.path] = min(rank.get(item.path, len(order)), order.index(layer_of(item)))
-    items.sort(key=lambda item: rank[item.path])  # stable: a file's tests stay together and in their order
     if wanted := config.getoption("--layer"):
         config.hook.pytest_deselected(items=[item for item in items if layer_of(item) not in wanted])
         items[:] = [item for item in items if layer_of(item) in wanted]
