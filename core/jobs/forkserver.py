@@ -3,8 +3,8 @@ fraction of a second, not in the five an interpreter spends importing torch and 
 
 The first worker a server starts launches `python -m core.jobs.forkserver SOCKET`, a child of the server that
 imports what every worker imports, touches no thread and no tensor, and forks one child per request. Each child is
-what `python -m core worker JOB_DIR` would be: a session of its own (it outlives the server), the environment and
-working folder of the request, stdout and stderr into the job's log. The request's connection stays open and brings
+what `python -m core worker JOB_DIR` would be: a session of its own (it outlives the server), the environment of
+the request, stdout and stderr into the job's log. The request's connection stays open and brings
 the child's exit status back, so the supervisor polls a forked worker as it polls a Popen. The fork server ends
 with the server; its children go on, and the next server re-attaches to them as to any worker (supervisor.py).
 A run on several processes is torchrun's to start, not this.
@@ -114,7 +114,6 @@ def _read_line(conn: socket.socket) -> bytes:
 def serve(path: str) -> None:
     """Import, listen, then fork on each request and send each child's exit status to its requester."""
     from core.jobs import worker  # torch, torchvision, the engine: imported once, here
-
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C for the server; the server's exit ends this too
     parent = os.getppid()
