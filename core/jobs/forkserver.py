@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -106,7 +107,7 @@ def _read_line(conn: socket.socket) -> bytes:
     line = b""
     while not line.endswith(b"\n"):
         if not (chunk := conn.recv(1 << 16)):
-            raise OSError("the worker fork server closed the connection")
+            raise OSError("the connection to the worker fork server closed mid-line")
         line += chunk
     return line
 
@@ -123,25 +124,32 @@ def serve(path: str) -> None:
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     children: dict[int, socket.socket] = {}
-    while os.getppid() == parent:
-        if select.select([listener], [], [], 0.1)[0]:
-            conn, _ = listener.accept()
-            request = json.loads(_read_line(conn))
-            pid = os.fork()
-            if pid == 0:
-                _child(worker.run, request, [listener, conn, *children.values()])
-            children[pid] = conn
-            conn.sendall(f"{pid}\n".encode())
-        while children:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-            if pid == 0:
-                break
-            if conn := children.pop(pid, None):
+    try:
+        while os.getppid() == parent:
+            if select.select([listener], [], [], 0.1)[0]:
+                conn, _ = listener.accept()
                 try:
-                    conn.sendall(str(os.waitstatus_to_exitcode(status)).encode())
-                except OSError:  # the supervisor has gone: the status is unknown to it anyway
-                    pass
-                conn.close()
+                    request = json.loads(_read_line(conn))
+                except (OSError, ValueError):  # a requester gone before its request was whole: nothing to start
+                    conn.close()
+                    continue
+                pid = os.fork()
+                if pid == 0:
+                    _child(worker.run, request, [listener, conn, *children.values()])
+                children[pid] = conn
+                conn.sendall(f"{pid}\n".encode())
+            while children:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:
+                    break
+                if conn := children.pop(pid, None):
+                    try:
+                        conn.sendall(str(os.waitstatus_to_exitcode(status)).encode())
+                    except OSError:  # the supervisor has gone: the status is unknown to it anyway
+                        pass
+                    conn.close()
+    finally:  # the fork server's exit; children never come back here (they leave by os._exit)
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
 def _child(run: Callable[[Path], int], request: dict, inherited: list[socket.socket]) -> NoReturn:
