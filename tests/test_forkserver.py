@@ -3,6 +3,7 @@ its job was given, and a fork server that dies is replaced by the next job witho
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 
@@ -37,9 +38,13 @@ def test_a_forked_worker_gets_its_jobs_environment_not_the_fork_servers(tmp_path
     data = make_dataset(tmp_path / "data", {"red": 12, "blue": 12})
     registry = JobRegistry(tmp_path / "runs", threads=1)
     assert wait(registry, registry.submit(small_config(data, epochs=1)), lambda s: not s.active).status == "finished"
+    server, path = forkserver._server
+    with socket.socket(socket.AF_UNIX) as gone:  # a requester that leaves before its request is whole
+        gone.connect(path)
     elsewhere = tmp_path / "elsewhere"
     monkeypatch.setenv("FTLAB_HOME", str(elsewhere))  # changed after the fork server started
     config = small_config(data, epochs=1)
     config.model.strategy = "linear-probe"  # its features are cached in the workspace the worker was given
     assert wait(registry, registry.submit(config), lambda s: not s.active).status == "finished"
     assert list((elsewhere / "features").glob("*.pt")) and not (workspace / "features").exists()
+    assert forkserver._server[0] is server and server.poll() is None  # the same fork server served it
