@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,17 @@ def make_dataset(root: Path, counts: dict[str, int], size=(32, 32), fmt="PNG") -
             (folder / f"{i}.{fmt.lower()}").write_bytes(
                 image_bytes(COLOURS[c % len(COLOURS)], size, fmt, seed=c * 1000 + i))
     return root
+
+
+def still_running(pids: list[int], seconds: float = 30) -> list[int]:
+    """The processes of `pids` still running after up to `seconds`: a stopped job's processes are reaped soon after
+    its end is shown, not at the same instant."""
+    from core.processes import process_start_time
+
+    deadline = time.monotonic() + seconds
+    while (left := [p for p in pids if process_start_time(p) is not None]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
 
 
 @pytest.fixture

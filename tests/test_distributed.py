@@ -21,7 +21,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import make_dataset
+from conftest import make_dataset, still_running
 from core import runs
 from core.config import ROOT, RunConfig
 from core.data import samplers
@@ -243,10 +243,7 @@ def test_the_app_follows_stops_and_resumes_a_run_on_two_processes(tmp_path, larg
     registry.stop(job_id)
     done = wait(registry, job_id, lambda s: not s.active, timeout=60)
     assert done.status == "stopped"
-    deadline = time.time() + 30  # no process left behind, once each has been reaped
-    while [p for p in processes if process_start_time(p) is not None] and time.time() < deadline:
-        time.sleep(0.05)
-    assert [p for p in processes if process_start_time(p) is not None] == []
+    assert still_running(processes) == []  # no process left behind
     assert runs.read_json(done.run_dir / "status.json")["status"] == "stopped"
     stopped_at = len(rows(done.run_dir))
     assert stopped_at < 30  # stopped mid-run, not at its end

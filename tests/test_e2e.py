@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import zipfile
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 from PIL import Image
 from playwright.sync_api import expect
 
-from conftest import make_dataset
+from conftest import make_dataset, still_running
 from e2e_helpers import RERUN_TIMEOUT_MS, SHOTS, nav, page, server, settle, shot  # noqa: F401 (page and server are fixtures)
 
 pytestmark = pytest.mark.e2e
@@ -154,7 +153,7 @@ def app_predictions(run_dir: Path, images: list[Path]) -> torch.Tensor:
 def test_a_run_on_two_processes_is_followed_and_stopped_in_the_browser(server, page, tmp_path):
     """Processes on this machine from the Train page: the job runs under torchrun, the page follows it like any
     other, and Stop ends torchrun and both of its workers."""
-    from core.processes import descendants, process_start_time
+    from core.processes import descendants
 
     url, home = server
     data = make_dataset(tmp_path / "upload" / "leaves", {"oak": 8, "ash": 8}, size=(64, 48))
@@ -189,9 +188,6 @@ def test_a_run_on_two_processes_is_followed_and_stopped_in_the_browser(server, p
     assert len(tree) >= 3  # torchrun and its two workers
     page.get_by_role("button", name="Stop").click()
     expect(page.locator('[data-testid="stProgress"]').last).to_contain_text("stopped", timeout=RERUN_TIMEOUT_MS)
-    deadline = time.monotonic() + 30  # stopped is shown once torchrun ended; its workers are reaped by then or soon
-    while [p for p in tree if process_start_time(p) is not None] and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert [p for p in tree if process_start_time(p) is not None] == []
+    assert still_running(tree) == []  # stopped is shown once torchrun ended; its workers are reaped by then or soon
     assert json.loads((run_dir / "status.json").read_text())["status"] == "stopped"
     assert json.loads((run_dir / "config.json").read_text())["provenance"]["processes"] == 2
