@@ -208,8 +208,8 @@ def main() -> None:
     report(args, registry, first, rss, worker, thread, features, train, total, (load_before, load_after))
 
 
-def report(args, registry, first: float, rss: list[float], worker: list[float], thread: list[float], features: dict, train: dict,
-           total: float, load: tuple) -> None:
+def report(args, registry, first: float, rss: list[float], worker: list[float], thread: list[float], features: dict,
+           train: dict, total: float, load: tuple) -> None:
     start_worker_s, start_thread_s = statistics.median(worker), statistics.median(thread)
     overhead, growth = start_worker_s - start_thread_s, rss[-1] - rss[0]
 
@@ -244,8 +244,8 @@ def report(args, registry, first: float, rss: list[float], worker: list[float], 
           f"{'<= 50 MB':>9s}  {verdict(growth, 50)}  ({rss[0]:.0f} -> {rss[-1]:.0f} MB)")
     print(f"total {total:.0f} s")
     print(json.dumps({
-        "start_first_job_s": round(first, 2), "start_overhead_s": round(overhead, 2), "start_worker_s": round(start_worker_s, 2),
-        "start_thread_s": round(start_thread_s, 2), "stop_latency_features_s": round(features["seconds"], 2),
+        "start_first_job_s": round(first, 2), "start_overhead_s": round(overhead, 2),
+        "start_worker_s": round(start_worker_s, 2), "start_thread_s": round(start_thread_s, 2), "stop_latency_features_s": round(features["seconds"], 2),
         "stop_status_features": features["status"], "stop_latency_train_s": round(train["seconds"], 2),
         "stop_status_train": train["status"], "server_rss_growth_mb": round(growth, 1),
         "cores": os.cpu_count(), "worker_threads": registry.threads,

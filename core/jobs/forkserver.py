@@ -165,7 +165,9 @@ def _child(run: Callable[[Path], int], request: dict, inherited: list[socket.soc
         os.dup2(log, 1)
         os.dup2(log, 2)
         os.close(log)
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
         sys.argv = ["python -m core", "worker", request["job_dir"]]
         code = run(Path(request["job_dir"]))
     except SystemExit as exc:
