@@ -30,12 +30,10 @@ from typing import Any, Sequence
 from core.settings import cpus
 from core.train.callbacks import Callback, State
 from core.accounts import users
-from core.config import ConfigError, DistributedConfig, RunConfig, set_setting, settings, workspace_root
+from core.config import ENGINES, ConfigError, DistributedConfig, RunConfig, set_setting, settings, workspace_root
 from core.data.images import ImageError
 from core.data.sources import DataError
 from core.data.validation import load_dataset
-from core.models.inference import ENGINES
-from core.models.weights import WeightsError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (DataError, ConfigError, WeightsError, ImageError, ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # every error of ours (data, config, weights, image) is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -127,6 +127,10 @@ class DistributedConfig:
     def processes(self) -> int:
         return self.nproc * self.nnodes
 
+# What runs a frozen network (models/inference.py), in the order `auto` tries them; here, not there, so the CLI's
+# choices need no torch.
+ENGINES = ("auto", "onnxruntime", "channels_last", "eager")
+
 
 @dataclass
 class RunConfig:
@@ -140,7 +144,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads on each machine, shared by the run's processes there; 0 = all cores
     num_workers: int = -1  # DataLoader worker processes; -1: sized to the cores on a GPU, none on a CPU
-    engine: str = "auto"  # what runs a frozen network (features, Predict): auto | onnxruntime | channels_last | eager
+    engine: str = "auto"  # what runs a frozen network (features, Predict): one of ENGINES
     precision: str = "auto"  # autocast in loops through the backbone: auto | fp32 | bf16 | fp16 (train/precision.py)
     channels_last: bool = True  # memory layout in loops through the backbone: faster convolutions, same arithmetic
     feature_cache: bool = True  # linear probe without random augmentation trains the head on cached features

@@ -12,7 +12,7 @@ from ui import charts
 from core.data.augment import preview
 from ui.account import workspace
 from core.train.engine import MONITORS
-from core.models.inference import ENGINES
+from core.config import ENGINES
 from core.train.precision import PRECISIONS
 from core.data.images import decode_image, to_pil
 from core.train.schedules import SCHEDULES

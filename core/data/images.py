@@ -3,6 +3,8 @@
 8-bit images come back as uint8 (the fast common path). 16-bit, 32-bit and float images (microscopy,
 terahertz, medical TIFFs) come back as float32 in [0, 1] so their precision survives to the network:
 16-bit data is scaled by its full range (65535), never clipped at 255.
+Checking an image (inspect_image, open_image) needs no torch: `inspect` and the Data page's report start in a
+second, not after torch's import (several seconds); the tensor functions import it where they run.
 """
 from __future__ import annotations
 
@@ -11,10 +13,13 @@ import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import torch
 
 # Pillow's own warning threshold; a 9400x9400 scan still fits. Our check runs per image, on the header, before any
 # pixel is decoded. Pillow's process-wide guard (Image.MAX_IMAGE_PIXELS) is left as it is: other code in the
@@ -137,6 +142,8 @@ def decode_image(source: Source, min_side: int | None = None, max_pixels: int = 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """The mode table: every Pillow mode maps to 3 channels the same way every time."""
+    import torch
+
     if img.mode in _HIGH_DEPTH:
         gray = _scale_high_depth(np.asarray(img), img.mode)
         return torch.from_numpy(gray).unsqueeze(0).expand(3, -1, -1).contiguous()
@@ -152,6 +159,8 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
 
 def to_pil(image: torch.Tensor) -> Image.Image:
     """A decoded tensor back to an 8-bit RGB picture, for thumbnails and previews."""
+    import torch
+
     if image.dtype != torch.uint8:
         image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
     return Image.fromarray(image.permute(1, 2, 0).numpy())

@@ -21,7 +21,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-ENGINES = ("auto", "onnxruntime", "channels_last", "eager")
+from core.config import ENGINES
+
 TOLERANCE = 1e-4  # of the largest output magnitude: float32 kernels that sum in another order, nothing more
 ONNX_OPSET = 17
 SMALL_WORK = 32  # images at 224 px: exporting efficientnet_lite0 (0.5 s) pays for itself after about 15 of them

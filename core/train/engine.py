@@ -25,7 +25,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from core import settings
-from core.models import backbones, inference
+from core.models import backbones
 from core.evaluate import heldout
 from core.train import distributed, features, head_solver, precision
 from core.train.precision import Precision, layout
@@ -34,7 +34,7 @@ from core import runs
 from core.models import strategies
 from core.data.augment import eval_transform, train_transform
 from core.train.callbacks import Callback, Callbacks, State, StopTraining
-from core.config import RunConfig, workspace_root
+from core.config import ENGINES, RunConfig, workspace_root
 from core.data import samplers
 from core.data.loaders import DecodingLoader, ImageDataset, make_loader
 from core.train.schedules import make_scheduler
@@ -453,8 +453,8 @@ def check_config(config: RunConfig) -> None:
         raise ValueError(f"strategy must be one of {', '.join(strategies.STRATEGIES)}")
     if config.early_stop.monitor not in MONITORS:
         raise ValueError(f"early_stop.monitor must be one of {', '.join(MONITORS)}")
-    if config.engine not in inference.ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(inference.ENGINES)}")
+    if config.engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
     if config.precision not in precision.PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(precision.PRECISIONS)}")
     if config.regularize.class_weighting not in ("none", "loss", "sampler"):
