@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import torch
 
 CV_FILE = "cv.json"
+SEARCH_FILE = "search.json"
 OOF_FILE = "oof_predictions.jsonl"
 
 _UMASK = os.umask(0o022)

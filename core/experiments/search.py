@@ -38,7 +38,7 @@ from core.experiments import space as spaces
 from core.train.callbacks import Callback, Callbacks, State, StopTraining
 from core.train.engine import MONITORS, TrainingDiverged, check_config, fit
 
-SEARCH_FILE = "search.json"
+SEARCH_FILE = runs.SEARCH_FILE
 TRIALS_FILE = "trials.json"
 JOURNAL = "study.journal"
 IMPORTANCE_EVERY = 10  # trials between parameter-importance updates, which cost more than a cached trial

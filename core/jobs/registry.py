@@ -14,19 +14,19 @@ import secrets
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core import settings
 from core.accounts import quotas
 from core.accounts.projects import PROJECTS, home_of
 from core.accounts.users import User
 from core.config import DistributedConfig, RunConfig
-from core.evaluate import ensemble
-from core.experiments import search
-from core.experiments.search import SearchConfig
 from core.jobs.job import Job, Snapshot
 from core.jobs.supervisor import WORKER_FILE, Supervisor, live_worker
-from core.experiments.search import SEARCH_FILE
-from core.runs import CV_FILE, read_json
+from core.runs import CV_FILE, SEARCH_FILE, read_json
+
+if TYPE_CHECKING:
+    from core.experiments.search import SearchConfig
 
 
 class JobError(ValueError):
@@ -111,6 +111,8 @@ class JobRegistry:
     def search(self, config: RunConfig, options: SearchConfig) -> str:
         """Queue a hyperparameter search around `config`; its folder (search.json) is written now, so a bad space
         is refused here, in the page, and never reaches a worker."""
+        from core.experiments import search  # here: the registry, and so the app's first page, imports no torch
+
         config = _one_process(config)
         if not config.threads:
             config.threads = max(1, self.threads // options.workers)
@@ -155,6 +157,8 @@ class JobRegistry:
     def ensemble(self, members: list[Path]) -> str:
         """Combine runs (or a cross-validation's folds) now, refusing mismatched classes here; the job then scores
         it and builds its TorchScript and ONNX graphs, each checked against the members."""
+        from core.evaluate import ensemble
+
         self._admit()
         for member in members:
             self._check_owned(Path(member))
