@@ -6,7 +6,7 @@ import pytest
 
 from conftest import make_dataset
 from core.jobs.registry import JobRegistry
-from test_engine import small_config
+from test_engine import MECHANICS, small_config
 
 
 def wait(registry, job_id, until, timeout=120):
@@ -30,7 +30,7 @@ def registry(tmp_path):
 
 
 def test_a_job_trains_in_the_background_and_reports_as_it_goes(registry, data, workspace):
-    job_id = registry.submit(small_config(data, epochs=3))
+    job_id = registry.submit(small_config(data, MECHANICS, epochs=3))
     live = wait(registry, job_id, lambda s: s.status == "running" and s.batch > 0)
     assert live.phase in ("train", "val") and live.epochs == 3 and 0 < live.progress < 1
     done = wait(registry, job_id, lambda s: not s.active)
@@ -44,7 +44,7 @@ def test_a_job_trains_in_the_background_and_reports_as_it_goes(registry, data, w
 
 
 def test_snapshots_are_frozen_copies(registry, data, workspace):
-    job_id = registry.submit(small_config(data, epochs=2))
+    job_id = registry.submit(small_config(data, MECHANICS, epochs=2))
     early = wait(registry, job_id, lambda s: s.status == "running")
     with pytest.raises(dataclasses.FrozenInstanceError):
         early.status = "finished"
@@ -53,7 +53,7 @@ def test_snapshots_are_frozen_copies(registry, data, workspace):
 
 
 def test_stop_within_one_batch_keeps_best_weights(registry, data, workspace):
-    job_id = registry.submit(small_config(data, epochs=50))
+    job_id = registry.submit(small_config(data, MECHANICS, epochs=50))
     wait(registry, job_id, lambda s: s.epoch >= 2 and s.batch >= 1 and s.phase == "train")
     registry.stop(job_id)
     asked = registry.snapshot(job_id)
@@ -65,8 +65,8 @@ def test_stop_within_one_batch_keeps_best_weights(registry, data, workspace):
 
 
 def test_one_job_at_a_time_the_next_waits_in_the_queue(registry, data, workspace):
-    first = registry.submit(small_config(data, epochs=2))
-    second = registry.submit(small_config(data, epochs=1))
+    first = registry.submit(small_config(data, MECHANICS, epochs=2))
+    second = registry.submit(small_config(data, MECHANICS, epochs=1))
     queued = registry.snapshot(second)
     assert queued.status == "queued" and queued.queue_position == 1
     wait(registry, first, lambda s: not s.active)
@@ -75,8 +75,8 @@ def test_one_job_at_a_time_the_next_waits_in_the_queue(registry, data, workspace
 
 
 def test_a_queued_job_can_be_cancelled(registry, data, workspace):
-    first = registry.submit(small_config(data, epochs=2))
-    second = registry.submit(small_config(data, epochs=1))
+    first = registry.submit(small_config(data, MECHANICS, epochs=2))
+    second = registry.submit(small_config(data, MECHANICS, epochs=1))
     registry.stop(second)
     assert registry.snapshot(second).status == "stopped"
     wait(registry, first, lambda s: not s.active)
@@ -84,9 +84,9 @@ def test_a_queued_job_can_be_cancelled(registry, data, workspace):
 
 
 def test_a_failed_job_says_why_and_the_next_one_runs(registry, tmp_path, workspace, data):
-    bad = small_config(tmp_path / "nowhere")
+    bad = small_config(tmp_path / "nowhere", MECHANICS)
     failed = registry.submit(bad)
-    good = registry.submit(small_config(data, epochs=1))
+    good = registry.submit(small_config(data, MECHANICS, epochs=1))
     snap = wait(registry, failed, lambda s: not s.active)
     assert snap.status == "failed" and "does not exist" in snap.error and "Traceback" not in snap.error
     assert wait(registry, good, lambda s: not s.active).status == "finished"
@@ -94,7 +94,7 @@ def test_a_failed_job_says_why_and_the_next_one_runs(registry, tmp_path, workspa
 
 def test_finished_jobs_are_evicted_but_their_runs_stay(tmp_path, data, workspace):
     registry = JobRegistry(tmp_path / "runs", keep_finished=1, threads=1)
-    ids = [registry.submit(small_config(data, epochs=1)) for _ in range(3)]
+    ids = [registry.submit(small_config(data, MECHANICS, epochs=1)) for _ in range(3)]
     for job_id in ids:
         wait(registry, job_id, lambda s: s is None or not s.active)
     assert registry.snapshot(ids[0]) is None and registry.snapshot(ids[2]) is not None
@@ -102,11 +102,11 @@ def test_finished_jobs_are_evicted_but_their_runs_stay(tmp_path, data, workspace
 
 
 def test_resume_through_the_registry_continues_the_history(registry, data, workspace):
-    job_id = registry.submit(small_config(data, epochs=50))
+    job_id = registry.submit(small_config(data, MECHANICS, epochs=50))
     wait(registry, job_id, lambda s: len(s.history) >= 1)
     registry.stop(job_id)
     stopped = wait(registry, job_id, lambda s: not s.active)
-    config = small_config(data, epochs=len(stopped.history) + 1)
+    config = small_config(data, MECHANICS, epochs=len(stopped.history) + 1)
     again = registry.submit(config, resume_dir=stopped.run_dir)
     assert again == job_id
     done = wait(registry, again, lambda s: not s.active)
@@ -115,12 +115,12 @@ def test_resume_through_the_registry_continues_the_history(registry, data, works
 
 def test_runs_are_listed_from_disk_after_a_restart(registry, data, workspace, tmp_path):
     from core.runs import list_runs
-    job_id = registry.submit(small_config(data, epochs=2))
+    job_id = registry.submit(small_config(data, MECHANICS, epochs=2))
     done = wait(registry, job_id, lambda s: not s.active)
     rows = list_runs(tmp_path / "runs")  # a new process would see exactly this: nothing comes from memory
     assert [r["id"] for r in rows] == [job_id]
     row = rows[0]
-    assert row["status"] == "finished" and row["epochs"] == 2 and row["backbone"] == "resnet18"
+    assert row["status"] == "finished" and row["epochs"] == 2 and row["backbone"] == MECHANICS
     assert row["val_acc"] == done.history[done.best_epoch - 1]["val_acc"] and row["weights"] == "random"
 
 
@@ -147,7 +147,7 @@ def timing_free(rows):
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_a_killed_worker_leaves_the_registry_serving_and_resumes_bitwise(registry, data, workspace, num_workers):
-    config = small_config(data, epochs=3)
+    config = small_config(data, epochs=3)  # resnet18: a wide window to kill it in
     config.augment.hflip, config.augment.color_jitter = 0.5, 0.3  # random augmentation must repeat too
     config.num_workers = num_workers
     whole = wait(registry, registry.submit(config), lambda s: not s.active)
@@ -159,7 +159,7 @@ def test_a_killed_worker_leaves_the_registry_serving_and_resumes_bitwise(registr
     dead = wait(registry, job_id, lambda s: not s.active, timeout=30)
     assert dead.status == "failed" and "ended unexpectedly (signal 9)" in dead.error and "out of memory" in dead.error
     assert read_json(dead.run_dir / "status.json")["status"] == "failed"  # the Runs page offers Resume
-    assert wait(registry, registry.submit(small_config(data, epochs=1)), lambda s: not s.active).status == "finished"
+    assert wait(registry, registry.submit(small_config(data, MECHANICS, epochs=1)), lambda s: not s.active).status == "finished"
 
     again = registry.submit(config, resume_dir=dead.run_dir)
     done = wait(registry, again, lambda s: not s.active)
@@ -173,10 +173,10 @@ def test_a_run_is_the_same_alone_and_beside_another_job_and_the_preview(tmp_path
     from core.data.augment import preview
 
     registry = JobRegistry(tmp_path / "runs", max_running=2, threads=1)
-    config = small_config(data, epochs=3)
+    config = small_config(data, MECHANICS, epochs=3)
     config.augment.hflip, config.model.dropout = 0.5, 0.2
     alone = wait(registry, registry.submit(config), lambda s: not s.active)
-    other = small_config(data, epochs=6, lr=0.01)
+    other = small_config(data, MECHANICS, epochs=6, lr=0.01)
     busy = registry.submit(other)
     wait(registry, busy, lambda s: s.status == "running")
     beside = registry.submit(config)
@@ -194,7 +194,7 @@ def test_a_run_is_the_same_alone_and_beside_another_job_and_the_preview(tmp_path
 def test_stop_during_feature_extraction_ends_stopped(registry, workspace, tmp_path):
     """The stop is seen between feature batches, not after the last one (bench/jobs.py times it: 0.9 s idle)."""
     data = make_dataset(tmp_path / "big", {"a": 160, "b": 160}, size=(40, 40))
-    config = small_config(data, epochs=3)
+    config = small_config(data, MECHANICS, epochs=3)
     config.model.backbone, config.model.weights, config.model.strategy = "resnet18", "random", "linear-probe"
     config.augment.image_size = 224
     job_id = registry.submit(config)
@@ -209,7 +209,7 @@ def test_stop_during_feature_extraction_ends_stopped(registry, workspace, tmp_pa
 
 def test_a_worker_that_does_not_stop_is_killed_after_the_grace_period(registry, data, workspace, monkeypatch):
     monkeypatch.setenv("FTLAB_STOP_GRACE", "1")
-    job_id = registry.submit(small_config(data, epochs=50))
+    job_id = registry.submit(small_config(data, MECHANICS, epochs=50))
     live = wait(registry, job_id, lambda s: s.epoch >= 1 and s.batch >= 1)
     os.kill(live.pid, signal.SIGSTOP)  # hung: it cannot see the stop
     registry.stop(job_id)
@@ -221,7 +221,7 @@ def test_a_worker_that_does_not_stop_is_killed_after_the_grace_period(registry, 
 def test_a_new_registry_reattaches_to_running_workers(tmp_path, data, workspace):
     """What a server restart does: the worker outlives the registry that started it."""
     first = JobRegistry(tmp_path / "runs", threads=1)
-    job_id = first.submit(small_config(data, epochs=40))
+    job_id = first.submit(small_config(data, MECHANICS, epochs=40))
     wait(first, job_id, lambda s: s.epoch >= 2)
     second = JobRegistry(tmp_path / "runs", threads=1)  # the new server
     assert second.snapshot(job_id).status == "running"
@@ -229,20 +229,20 @@ def test_a_new_registry_reattaches_to_running_workers(tmp_path, data, workspace)
     later = wait(second, job_id, lambda s: s.epoch > snap.epoch)
     assert later.history[: len(snap.history)] == snap.history
     with pytest.raises(JobError, match="already running"):  # Resume from a second tab
-        second.submit(small_config(data, epochs=40), resume_dir=snap.run_dir)
+        second.submit(small_config(data, MECHANICS, epochs=40), resume_dir=snap.run_dir)
     second.stop(job_id)
     done = wait(second, job_id, lambda s: not s.active, timeout=20)
     assert done.status == "stopped"
 
 
 def test_the_learning_rate_finder_is_a_job(registry, data, workspace):
-    job_id = registry.lr_find(small_config(data, lr=0.01), steps=20)
+    job_id = registry.lr_find(small_config(data, MECHANICS, lr=0.01), steps=20)
     done = wait(registry, job_id, lambda s: not s.active)
     assert done.kind == "lr-find" and done.status == "finished" and done.batches == 20 and done.progress == 1.0
     assert len(done.result["lrs"]) == len(done.result["losses"]) > 0 and done.result["reason"]
     assert registry.active() == [] and not (registry.runs_root / job_id).exists()  # a sweep is not a run
     before = torch.get_num_threads()
-    stopped = registry.lr_find(small_config(data), steps=100_000)
+    stopped = registry.lr_find(small_config(data, MECHANICS), steps=100_000)
     wait(registry, stopped, lambda s: s.batch >= 2)
     registry.stop(stopped)
     assert wait(registry, stopped, lambda s: not s.active, timeout=15).status == "stopped"
