@@ -1,20 +1,42 @@
-"""The headless CLI, run as a user runs it: `python -m core ...` in a subprocess."""
+"""The headless CLI: what a command prints and its exit status, with `python -m core ...` itself run as a
+user runs it in the tests of the entry point."""
+import contextlib
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
 from conftest import ROOT, make_dataset
+from core.cli import main
 
 pytestmark = pytest.mark.integration
 
 
-def cli(*args, home):
-    env = os.environ | {"FTLAB_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+def cli(*args, home) -> subprocess.CompletedProcess:
+    """A command through the CLI's main(), in this process (a new interpreter would first spend seconds importing
+    torch): its exit status and what it printed. The signal handlers a training command sets are put back; a
+    command that becomes torchrun (--nproc, --nnodes) replaces its process, so it runs in python_m_core."""
+    assert not {"--nproc", "--nnodes"} & set(map(str, args)), "torchrun replaces the process: use python_m_core"
+    out, err = io.StringIO(), io.StringIO()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            mp.setenv("FTLAB_HOME", str(home))
+            code = main([str(a) for a in args])
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def python_m_core(*args, home) -> subprocess.CompletedProcess:
+    """`python -m core ...` in a new process, exactly as a user types it."""
+    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          env=os.environ | {"FTLAB_HOME": str(home)}, timeout=300)
 
 
 def test_inspect_json_reports_classes_skipped_and_warnings(tmp_path):
@@ -54,7 +76,7 @@ def test_inspect_and_users_answer_without_importing_torch(tmp_path):
 def test_inspect_untrainable_exits_2_with_one_line(tmp_path, make, reason):
     data = tmp_path / "data"
     make(data)
-    out = cli("inspect", data, home=tmp_path / "ws")
+    out = python_m_core("inspect", data, home=tmp_path / "ws")
     assert out.returncode == 2
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and reason in errors[0]

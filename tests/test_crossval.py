@@ -1,19 +1,18 @@
 """k-fold cross-validation: real fold runs on generated images, out-of-fold predictions, groups, the CLI."""
 import io
 import json
-import subprocess
-import sys
 import zipfile
 
 import pytest
 
-from conftest import ROOT, image_bytes, COLOURS
+from conftest import image_bytes, COLOURS
 from core.config import RunConfig
 from core.deploy import export
 from core.evaluate.ensemble import EnsembleError, members_of
 from core.evaluate.predict import Predictor
 from core.experiments import crossval
 from core.runs import load_run, read_json, read_jsonl
+from test_cli import cli
 
 pytestmark = pytest.mark.integration
 
@@ -122,10 +121,9 @@ def test_a_failure_leaves_the_cross_validation_failed_not_running(tmp_path, work
 def test_cli_cv_writes_the_documented_files(tmp_path, workspace):
     data = patients(tmp_path / "data")
     out = tmp_path / "cv"
-    proc = subprocess.run([sys.executable, "-m", "core", "cv", str(data), "--out", str(out), "--folds", "2",
-                           "--group-pattern", r"(?P<group>P\d+)_", "--backbone", "resnet18", "--weights", "random",
-                           "--strategy", "linear-probe", "--image-size", "32", "--epochs", "2", "--threads", "1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = cli("cv", data, "--out", out, "--folds", "2", "--group-pattern", r"(?P<group>P\d+)_", "--backbone",
+               "resnet18", "--weights", "random", "--strategy", "linear-probe", "--image-size", "32", "--epochs", "2",
+               "--threads", "1", home=workspace)
     assert proc.returncode == 0, proc.stderr
     doc = read_json(out / crossval.CV_FILE)
     assert [f["run"] for f in doc["folds"]] == ["fold-1", "fold-2"]
@@ -136,19 +134,16 @@ def test_cli_cv_writes_the_documented_files(tmp_path, workspace):
     assert len(rows) == 24 and {tuple(sorted(r)) for r in rows} == {("fold", "label", "path", "probs")}
     assert "val_acc" in proc.stdout and "±" in proc.stdout
     # The same folder feeds label review, an ensemble, and prediction with it.
-    review = subprocess.run([sys.executable, "-m", "core", "review", str(out)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
+    review = cli("review", out, home=workspace)
     assert review.returncode == 0, review.stderr
     header, *rows = (out / "label_issues.csv").read_text().splitlines()
     assert header == "path,given,suggested,score"
     assert "most suspect first" in review.stdout
     ens = tmp_path / "ensemble"
-    made = subprocess.run([sys.executable, "-m", "core", "ensemble", str(out), "--out", str(ens)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    made = cli("ensemble", out, "--out", ens, home=workspace)
     assert made.returncode == 0, made.stderr
     assert len(read_json(ens / "ensemble.json")["members"]) == 2
     image = next(data.rglob("*.png"))
-    predicted = subprocess.run([sys.executable, "-m", "core", "predict", str(ens), str(image)], cwd=ROOT,
-                               capture_output=True, text=True, timeout=120)
+    predicted = cli("predict", ens, image, home=workspace)
     assert predicted.returncode == 0, predicted.stderr
     assert predicted.stdout.startswith(str(image)) and "benign" in predicted.stdout

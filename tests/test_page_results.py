@@ -2,8 +2,6 @@
 import csv
 import io
 import json
-import subprocess
-import sys
 import time
 import zipfile
 
@@ -20,6 +18,7 @@ from core.evaluate.metrics import most_confused
 from core.deploy import export
 from core import runs
 from core.train.engine import fit
+from test_cli import cli
 from test_engine import small_config
 
 pytestmark = pytest.mark.integration
@@ -205,8 +204,8 @@ def test_predict_page_matches_the_cli(home, tmp_path, fetch_download):
     for name, data in images.items():
         (tmp_path / name).write_bytes(data)
     out = tmp_path / "cli.csv"
-    subprocess.run([sys.executable, "-m", "core", "predict", str(run_dir(home, FINISHED)),
-                    *(str(tmp_path / n) for n in images), "--csv", str(out)], cwd=ROOT, check=True, capture_output=True)
+    assert cli("predict", run_dir(home, FINISHED), *(tmp_path / n for n in images), "--csv", out,
+               home=home / "workspace").returncode == 0
     page_rows = list(csv.reader(io.StringIO(page_csv.decode())))
     cli_rows = list(csv.reader(io.StringIO(out.read_text())))
     assert page_rows[0] == cli_rows[0] and page_rows[0][:3] == ["file", "top1", "confidence"]
