@@ -1,5 +1,5 @@
-"""Real-browser tests of how people arrive: a bookmark or shared link as the first page a fresh server serves, a
-server restart under an open Train tab (the training worker outlives it and the new server picks it up), and a
+"""Real-browser tests of how people arrive: a bookmark as the first page a fresh server serves, a shared link as
+the first page of a new session, a server restart under an open Train tab (the training worker outlives it and the new server picks it up), and a
 zip upload of a few hundred MB (the server's memory must not hold several copies of it).
 
 Screenshots land in test-artifacts/e2e/arrival-*.png.
@@ -11,8 +11,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -21,8 +19,9 @@ import pytest
 from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeout, expect
 
-from conftest import ROOT, make_dataset
+from conftest import make_dataset
 from e2e_helpers import RERUN_TIMEOUT_MS, chromium, free_port, nav, new_page, settle, shot, start_server, stop_server
+from test_cli import cli
 
 pytestmark = pytest.mark.e2e
 
@@ -32,12 +31,12 @@ NEWER_RUN_ID = "20240102-000000-d4e5f6"
 CV_ID = "20240103-000000-c0ffee"
 TITLES = ["Home", "Data", "Model", "Train", "Results", "Predict", "Runs", "Search", "Cross-validate", "Label review",
           "Ensembles"]
-ARRIVALS = [("/", "Fine-Tune Lab"), ("/data", "Data"), ("/model", "Model"), ("/train", "Train"),
-            ("/results", "Results"), ("/predict", "Predict"), ("/runs", "Runs"), ("/search", "Hyperparameter search"),
-            ("/crossval", "Cross-validation"), ("/review", "Label review"), ("/ensembles", "Ensembles"),
-            (f"/train?run={RUN_ID}", "Train"), (f"/results?run={RUN_ID}", "Results"),
-            (f"/crossval?cv={CV_ID}", "Cross-validation"), (f"/review?cv={CV_ID}", "Label review"),
-            (f"/ensembles?cv={CV_ID}", "Ensembles"), ("/search?search=gone", "Hyperparameter search")]
+PAGES = [("/", "Fine-Tune Lab"), ("/data", "Data"), ("/model", "Model"), ("/train", "Train"), ("/results", "Results"),
+         ("/predict", "Predict"), ("/runs", "Runs"), ("/search", "Hyperparameter search"),
+         ("/crossval", "Cross-validation"), ("/review", "Label review"), ("/ensembles", "Ensembles")]
+LINKS = [(f"/train?run={RUN_ID}", "Train"), (f"/results?run={RUN_ID}", "Results"),
+         (f"/crossval?cv={CV_ID}", "Cross-validation"), (f"/review?cv={CV_ID}", "Label review"),
+         (f"/ensembles?cv={CV_ID}", "Ensembles"), ("/search?search=gone", "Hyperparameter search")]
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +51,23 @@ def home_with_runs(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("arrival")
     data = make_dataset(home / "fruit", {"apple": 6, "plum": 6})
     runs = home / "workspace" / "runs"
-    subprocess.run([sys.executable, "-m", "core", "train", str(data), "--out", str(runs / RUN_ID), "--epochs", "1",
-                    "--threads", "1"], cwd=ROOT, env=os.environ | {"FTLAB_HOME": str(home / "workspace")},
-                   check=True, capture_output=True)
+    for command in (["train", data, "--out", runs / RUN_ID], ["cv", data, "--out", home / "workspace" / "cv" / CV_ID,
+                                                              "--folds", "2"]):
+        made = cli(*command, "--epochs", "1", "--threads", "1", home=home / "workspace")
+        assert made.returncode == 0, made.stderr
     shutil.copytree(runs / RUN_ID, runs / NEWER_RUN_ID)
-    subprocess.run([sys.executable, "-m", "core", "cv", str(data), "--out", str(home / "workspace" / "cv" / CV_ID),
-                    "--folds", "2", "--epochs", "1", "--threads", "1"], cwd=ROOT,
-                   env=os.environ | {"FTLAB_HOME": str(home / "workspace")}, check=True, capture_output=True)
     return home
+
+
+@pytest.fixture(scope="module")
+def shared_server(home_with_runs):
+    """One server for the shared links: each opens in a new session, which is what a link starts."""
+    port = free_port()
+    proc = start_server(home_with_runs, port, log="server-links.log")
+    yield f"http://127.0.0.1:{port}"
+    stop_server(proc)
+    log = (home_with_runs / "server-links.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
 
 
 def assert_no_exception(page) -> None:
@@ -68,14 +76,12 @@ def assert_no_exception(page) -> None:
     assert "has no attribute" not in body and "Traceback" not in body, body[:2000]
 
 
-@pytest.mark.parametrize("path,title", ARRIVALS, ids=[p for p, _ in ARRIVALS])
-def test_every_page_works_as_the_first_page_of_a_fresh_server(home_with_runs, browser, path, title):
-    """A bookmark or shared link is the first request a newly started server gets: app.py must run first."""
-    port = free_port()
-    proc = start_server(home_with_runs, port, log=f"server-{port}.log")
+def arrive(browser, url: str, title: str, path: str) -> None:
+    """Open `url` in a new session and check what a person sees first: the page's heading, the app's own
+    navigation, no exception, and for a link the thing it names."""
     page = new_page(browser)
     try:
-        page.goto(f"http://127.0.0.1:{port}{path}")
+        page.goto(url)
         page.get_by_role("heading", name=title, level=1).wait_for(timeout=RERUN_TIMEOUT_MS)
         settle(page)
         assert_no_exception(page)
@@ -96,9 +102,26 @@ def test_every_page_works_as_the_first_page_of_a_fresh_server(home_with_runs, br
     finally:
         shot(page, "arrival-" + (re.sub(r"\W+", "-", path).strip("-") or "home"))
         page.context.close()
+
+
+@pytest.mark.parametrize("path,title", PAGES, ids=[p for p, _ in PAGES])
+def test_every_page_works_as_the_first_page_of_a_fresh_server(home_with_runs, browser, path, title):
+    """A bookmark is the first request a newly started server gets: app.py must run first."""
+    port = free_port()
+    proc = start_server(home_with_runs, port, log=f"server-{port}.log")
+    try:
+        arrive(browser, f"http://127.0.0.1:{port}{path}", title, path)
+    finally:
         stop_server(proc)
     log = (home_with_runs / f"server-{port}.log").read_text()
     assert "Traceback" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("path,title", LINKS, ids=[p for p, _ in LINKS])
+def test_a_shared_link_opens_what_it_names_as_a_sessions_first_page(shared_server, browser, path, title):
+    """A link someone sent (or a tab reconnecting) starts a new session on that page, naming a run or a
+    cross-validation: that one opens, not the newest; a link to something gone says so."""
+    arrive(browser, shared_server + path, title, path)
 
 
 def process_running(pid: int) -> bool:
