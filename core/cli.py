@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from core.processes import in_torchrun_group, torchrun_rank
 from core.settings import cpus
 from core.train.callbacks import Callback, State
 from core.accounts import users
@@ -240,9 +241,6 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from core.jobs import launch
-    from core.jobs.worker import stop_on_signals
-    from core.train import distributed
-    from core.train.engine import fit  # torch and the models load only when training
 
     if args.resume:
         args.out = args.resume
@@ -257,8 +255,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_launch:
         print(_launch_text(args.print_launch, config, args.out, args.master))
         return 0
-    inside = distributed.launched()  # one of torchrun's processes: rank 0 alone prints
-    quiet = args.quiet or not distributed.is_main()
+    inside = in_torchrun_group()
+    quiet = args.quiet or torchrun_rank() != 0  # in a torchrun group, rank 0 alone prints
     dataset = load_dataset(config.data.source, workspace_root(), config.data,
                            progress=None if quiet else _Bar("checking").update)
     if not dataset.report.trainable:
@@ -275,6 +273,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             "-m", "core", "train", "--out", str(args.out), "--config", str(resolved),
             *(["--resume", str(args.resume)] if args.resume else []), *(["--quiet"] if args.quiet else [])]
         os.execve(sys.executable, command, launch.environment(config))  # torchrun starts this command N times
+    from core.jobs.worker import stop_on_signals  # torch loads only here, in the process that trains
+    from core.train import distributed
+    from core.train.engine import fit
+
     stop = threading.Event()
     stop_on_signals(stop)  # Ctrl-C stops within one batch and the run stays resumable; a second one at once
     resume = bool(args.resume) or distributed.resumes(args.out)

@@ -1,5 +1,6 @@
 """Processes on Linux (/proc): a live one told from a dead one whose pid was reused (the kernel's start time), a
-process's descendants (torchrun's workers run in sessions of their own), and dying with one's parent."""
+process's descendants (torchrun's workers run in sessions of their own), dying with one's parent, and whether this
+process is one of a torchrun group's."""
 from __future__ import annotations
 
 import ctypes
@@ -8,6 +9,17 @@ import signal
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
+
+
+def in_torchrun_group() -> bool:
+    """True inside a torchrun worker of a group of more than one process (torchrun's environment says so; no torch
+    needed, so the CLI decides to become torchrun before importing it)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def torchrun_rank() -> int:
+    """This process's rank as torchrun gave it (0 outside a group), known before the group is joined."""
+    return int(os.environ.get("RANK", "0")) if in_torchrun_group() else 0
 
 
 def _stat(pid: int) -> list[str] | None:

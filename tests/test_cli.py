@@ -58,11 +58,13 @@ def test_inspect_human_readable(tmp_path):
     assert "12 usable images in 2 classes" in out.stdout
 
 
-def test_inspect_and_users_answer_without_importing_torch(tmp_path):
-    """Checking a dataset or listing a server's accounts answers in about a second: neither waits for torch."""
+def test_inspect_users_and_launching_answer_without_importing_torch(tmp_path):
+    """Checking a dataset or listing a server's accounts answers in about a second, and a run on several processes
+    becomes torchrun as soon: none waits for torch (only the processes that train import it)."""
     data = make_dataset(tmp_path / "data", {"cat": 3, "dog": 3})
     code = "import sys; from core import cli; rc = cli.main(sys.argv[1:]); print(rc, 'torch' in sys.modules)"
-    for args in (["inspect", str(data)], ["users", "list"]):
+    launch = ["train", str(data), "--out", str(tmp_path / "run"), "--nnodes", "2", "--print", "commands"]
+    for args in (["inspect", str(data)], ["users", "list"], launch):
         out = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True,
                              env=os.environ | {"FTLAB_HOME": str(tmp_path / "ws")}, timeout=120)
         assert out.stdout.splitlines()[-1] == "0 False", (args, out.stdout, out.stderr)

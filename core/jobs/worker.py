@@ -27,7 +27,7 @@ from core.jobs.events import EventWriter
 from core.jobs.job import JOB_FILE, STOP_FILE
 from core.models.weights import WeightsError
 from core.runs import read_json, write_json
-from core.processes import die_with_parent
+from core.processes import die_with_parent, in_torchrun_group
 from core.train import distributed
 from core.train.callbacks import State, StopTraining
 from core.train.engine import TrainingDiverged, dataset_features, fit, lr_find
@@ -88,7 +88,7 @@ def run(job_dir: Path) -> int:
     stop = threading.Event()
     stop_on_signals(stop)
     watch_stop_file(job_dir / STOP_FILE, stop)
-    if distributed.launched():
+    if in_torchrun_group():
         die_with_parent()  # torchrun gone (killed): stop, rather than train on unsupervised
     events = EventWriter(job_dir if distributed.is_main() else None)
     try:
@@ -128,7 +128,7 @@ def run(job_dir: Path) -> int:
         return 0
     except KeyboardInterrupt:
         events.emit("end", status="stopped", error=None, result=None)
-        return 0 if distributed.launched() else 130  # torchrun restarts a group whose process exits non-zero
+        return 0 if in_torchrun_group() else 130  # torchrun restarts a group whose process exits non-zero
     except Exception as exc:  # the run folder and the page say why; the traceback goes to error.log
         if distributed.is_main():
             (job_dir / "error.log").write_text(traceback.format_exc())

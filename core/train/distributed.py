@@ -18,18 +18,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
+from core.processes import in_torchrun_group, torchrun_rank
+
 TIMEOUT = timedelta(minutes=30)  # the longest one process may wait for the others (rank 0 evaluating, say)
-
-
-def launched() -> bool:
-    """True inside a torchrun worker of a group of more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "TORCHELASTIC_RUN_ID" in os.environ
 
 
 def setup(device: torch.device) -> torch.device:
     """Join torchrun's process group (once; gloo on CPUs, NCCL on GPUs) and return this process's device: its own
     GPU (LOCAL_RANK) on a machine with several."""
-    if not launched():
+    if not in_torchrun_group():
         return device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -55,7 +52,7 @@ def world() -> int:
 def rank() -> int:
     if dist.is_initialized():
         return dist.get_rank()
-    return int(os.environ.get("RANK", "0")) if launched() else 0  # torchrun's, before the group is joined
+    return torchrun_rank()
 
 
 def is_main() -> bool:
@@ -65,7 +62,7 @@ def is_main() -> bool:
 
 def local_processes() -> int:
     """Processes of this run on this machine: they share its cores."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if launched() else 1
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if in_torchrun_group() else 1
 
 
 def local_main() -> bool:
