@@ -27,7 +27,7 @@ def home(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("FTLAB_HOME", str(home / "workspace"))
     dataset = load_dataset(str(data), workspace_root())
-    config = cv_config(dataset.data_dir, folds=3, group_pattern=r"(?P<group>P\d+)_")
+    config = cv_config(dataset.data_dir, folds=2, group_pattern=r"(?P<group>P\d+)_")
     crossval.cross_validate(config, workspace_root() / "cv" / CV_ID)
     options = search.SearchConfig(space={"optim.lr": {"low": 1e-4, "high": 0.1, "log": True}}, sampler="random",
                                   pruner="none", trials=4)
@@ -119,7 +119,7 @@ def test_cross_validation_results_show_every_fold_and_the_pooled_predictions(wor
     at = open_page("views/crossval.py", cv=CV_ID)
     doc = read_json(workspace_root() / "cv" / CV_ID / crossval.CV_FILE)
     folds = at.dataframe[0].value
-    assert list(folds["fold"]) == [1, 2, 3]
+    assert list(folds["fold"]) == [1, 2]
     assert list(folds["accuracy"]) == [f["val_acc"] for f in doc["folds"]]
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Mean accuracy"] == f"{doc['mean']['val_acc']:.3f}"
