@@ -127,6 +127,7 @@ class DistributedConfig:
     def processes(self) -> int:
         return self.nproc * self.nnodes
 
+
 # What runs a frozen network (models/inference.py), in the order `auto` tries them; here, not there, so the CLI's
 # choices need no torch.
 ENGINES = ("auto", "onnxruntime", "channels_last", "eager")
