@@ -192,7 +192,7 @@ def test_a_run_is_the_same_alone_and_beside_another_job_and_the_preview(tmp_path
 
 
 def test_stop_during_feature_extraction_ends_stopped(registry, workspace, tmp_path):
-    """The stop is seen between feature batches, not after the last one (bench/jobs.py times it: 0.9 s idle)."""
+    """The stop is seen between feature batches, not after the last one (bench/jobs.py times it: 1.0 s idle)."""
     data = make_dataset(tmp_path / "big", {"a": 160, "b": 160}, size=(40, 40))
     config = small_config(data, MECHANICS, epochs=3)
     config.model.backbone, config.model.weights, config.model.strategy = "resnet18", "random", "linear-probe"
