@@ -221,7 +221,8 @@ def report(args, registry, first: float, rss: list[float], worker: list[float], 
     def per_batch(result: dict) -> str:
         return "n/a" if result["batch"] is None else f"{result['batch']:.2f} s"
 
-    data = str(args.data) if args.data else f"generated: 4 classes x 6 at 64 px; 4 x {args.feature_images // 4} at 256 px"
+    data = (str(args.data) if args.data
+            else f"generated: 4 classes x 6 at 64 px; 4 x {args.feature_images // 4} at 256 px")
     print(f"{os.cpu_count()} cores; the registry gives each worker {registry.threads} torch threads "
           f"(at most {registry.max_running} running); load average {load[0][0]:.1f} before, {load[1][0]:.1f} after")
     print(f"data: {data}; model: resnet18, random weights")
@@ -245,8 +246,9 @@ def report(args, registry, first: float, rss: list[float], worker: list[float], 
     print(f"total {total:.0f} s")
     print(json.dumps({
         "start_first_job_s": round(first, 2), "start_overhead_s": round(overhead, 2),
-        "start_worker_s": round(start_worker_s, 2), "start_thread_s": round(start_thread_s, 2), "stop_latency_features_s": round(features["seconds"], 2),
-        "stop_status_features": features["status"], "stop_latency_train_s": round(train["seconds"], 2),
+        "start_worker_s": round(start_worker_s, 2), "start_thread_s": round(start_thread_s, 2),
+        "stop_latency_features_s": round(features["seconds"], 2), "stop_status_features": features["status"],
+        "stop_latency_train_s": round(train["seconds"], 2),
         "stop_status_train": train["status"], "server_rss_growth_mb": round(growth, 1),
         "cores": os.cpu_count(), "worker_threads": registry.threads,
     }))

@@ -34,11 +34,11 @@ from core import runs
 from core.config import ROOT, ConfigError, RunConfig, from_dict, workspace_root
 from core.data.validation import Dataset, load_dataset
 from core.processes import process_start_time
+from core.runs import SEARCH_FILE
 from core.experiments import space as spaces
 from core.train.callbacks import Callback, Callbacks, State, StopTraining
 from core.train.engine import MONITORS, TrainingDiverged, check_config, fit
 
-SEARCH_FILE = runs.SEARCH_FILE
 TRIALS_FILE = "trials.json"
 JOURNAL = "study.journal"
 IMPORTANCE_EVERY = 10  # trials between parameter-importance updates, which cost more than a cached trial
